@@ -1,0 +1,165 @@
+"""Frozen configuration dataclasses.
+
+Strings from YAML or the CLI become configs once, here, at the edge; everything below
+reads typed, validated fields. Derive a variant with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+Positional = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
+NormPlacement = Literal["post", "pre"]
+Norm = Literal["layernorm", "rmsnorm", "scalenorm"]
+TieEmbeddings = Literal["all", "decoder", "none"]
+Activation = Literal["relu", "gelu"]
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be used; the message says what would be valid."""
+
+
+def _check_choices(obj: Any) -> None:
+    """Reject values outside a `Literal[...]` field's choices (dataclasses do not check them)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints[f.name]
+        choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+        value = getattr(obj, f.name)
+        if choices and value not in choices:
+            raise ConfigError(
+                f"{type(obj).__name__}.{f.name}={value!r} is not one of {', '.join(map(repr, choices))}"
+            )
+
+
+def from_dict(cls: type, values: Mapping[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a mapping; an unknown key is an error naming the closest valid key."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{where}: unknown key {key!r} for {cls.__name__}{hint}")
+    return cls(**values)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain dict of a config (for YAML, W&B and result files)."""
+    return dataclasses.asdict(obj)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder-decoder Transformer. Defaults are the paper's base model (Vaswani et al. 2017)."""
+
+    n_layers: int = 6
+    """N: layers in the encoder and in the decoder."""
+    n_encoder_layers: int | None = None
+    """Overrides n_layers for the encoder."""
+    n_decoder_layers: int | None = None
+    """Overrides n_layers for the decoder."""
+    d_model: int = 512
+    """Width of embeddings and of every sub-layer output."""
+    d_ff: int = 2048
+    """Inner width of the position-wise feed-forward network."""
+    n_heads: int = 8
+    """h: attention heads per attention layer."""
+    d_k: int | None = None
+    """Per-head query/key size; None means d_model / n_heads (Table 3 rows A and B change it)."""
+    d_v: int | None = None
+    """Per-head value size; None means d_model / n_heads."""
+    dropout: float = 0.1
+    """P_drop: dropout on every sub-layer output and on the embedding sums."""
+    attention_dropout: float = 0.0
+    """Dropout on attention weights (the paper has none)."""
+    activation_dropout: float = 0.0
+    """Dropout after the feed-forward activation (the paper has none)."""
+    positional: Positional = "sinusoidal"
+    """How positions reach attention: added to embeddings (sinusoidal, learned), rotated into
+    q/k (rope), a bias on the scores (alibi), or nothing (none)."""
+    max_positions: int = 1024
+    """Longest sequence a learned position table holds."""
+    norm_placement: NormPlacement = "post"
+    """post: x = Norm(x + Sublayer(x)) as in the paper; pre: x = x + Sublayer(Norm(x))."""
+    norm: Norm = "layernorm"
+    """Normalisation used around every sub-layer."""
+    norm_eps: float = 1e-5
+    """Epsilon of the normalisation layers."""
+    tie_embeddings: TieEmbeddings = "all"
+    """all: one matrix for source, target and pre-softmax (joint vocabulary, as the paper);
+    decoder: target embedding and pre-softmax shared; none: three matrices."""
+    scale_embeddings: bool = True
+    """Multiply embeddings by sqrt(d_model) before adding positions."""
+    activation: Activation = "relu"
+    """Non-linearity of the feed-forward network."""
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        for name in ("n_layers", "d_model", "d_ff", "n_heads", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ModelConfig.{name}={getattr(self, name)} must be a positive integer")
+        for name in ("n_encoder_layers", "n_decoder_layers", "d_k", "d_v"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"ModelConfig.{name}={value} must be a positive integer or None")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"ModelConfig.{name}={getattr(self, name)} must be in [0, 1)")
+        if (self.d_k is None or self.d_v is None) and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"ModelConfig: n_heads={self.n_heads} does not divide d_model={self.d_model}; "
+                "choose a divisor or set d_k and d_v explicitly"
+            )
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"ModelConfig: positional='sinusoidal' needs an even d_model, got {self.d_model}")
+        if self.positional == "rope" and self.key_dim % 2:
+            raise ConfigError(f"ModelConfig: positional='rope' rotates pairs and needs an even d_k, got {self.key_dim}")
+
+    @property
+    def key_dim(self) -> int:
+        """d_k as used: the explicit value or d_model / n_heads."""
+        return self.d_k if self.d_k is not None else self.d_model // self.n_heads
+
+    @property
+    def value_dim(self) -> int:
+        """d_v as used: the explicit value or d_model / n_heads."""
+        return self.d_v if self.d_v is not None else self.d_model // self.n_heads
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.n_encoder_layers if self.n_encoder_layers is not None else self.n_layers
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "model") -> "ModelConfig":
+        return from_dict(cls, values, where)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Search settings; defaults are the paper's (section 6.1)."""
+
+    beam_size: int = 4
+    """Hypotheses kept per sentence; 1 is greedy search."""
+    length_penalty: float = 0.6
+    """alpha of the GNMT length penalty ((5 + len) / 6) ** alpha."""
+    max_len_a: float = 1.0
+    """Maximum output length = max_len_a * source length + max_len_b."""
+    max_len_b: int = 50
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ConfigError(f"DecodeConfig.beam_size={self.beam_size} must be >= 1")
+        if self.length_penalty < 0:
+            raise ConfigError(f"DecodeConfig.length_penalty={self.length_penalty} must be >= 0")
+        if self.max_len_a < 0 or self.max_len_b < 1:
+            raise ConfigError(
+                f"DecodeConfig: max_len_a={self.max_len_a} must be >= 0 and max_len_b={self.max_len_b} >= 1"
+            )
