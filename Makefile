@@ -1,0 +1,30 @@
+# Set-up and the main commands. `make test` is what CI runs (.ci/run).
+# torch is pinned and installed first: a bare `torch` requirement pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-all bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	touch $@
+
+install: $(STAMP)  ## create .venv with CPU torch and attnlab (editable)
+
+test: $(STAMP)  ## the default (fast) test suite
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)  ## every test, slow ones included
+	$(BIN)/python -m pytest -q -m ''
+
+bench: $(STAMP)  ## training-step throughput against torch.nn.Transformer
+	$(BIN)/python bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache src/*.egg-info
