@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import yaml
 
 from attnlab.config import ConfigError, ModelConfig
+from attnlab.data.fetch import DataError
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -45,6 +46,49 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_yaml_section(path: str | None, section: str) -> dict[str, Any]:
+    """The `section:` mapping of a YAML config file (empty without a file)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get(section, {}), dict):
+        raise ConfigError(f"{path}: expected a mapping with a {section!r} mapping inside")
+    return dict(document.get(section) or {})
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Download/check the corpus, train the vocabulary, print what was kept and dropped."""
+    import json
+    import time
+
+    from attnlab.config import DataConfig
+    from attnlab.data.datamodule import prepare
+
+    values = load_yaml_section(args.config, "data")
+    values.update(parse_overrides(args.set))
+    config = DataConfig.from_dict(values, where=f"{args.config or '--set'} (data)")
+    start = time.perf_counter()
+    summary = prepare(config).summary()
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{config.corpus} {config.src_lang}->{config.tgt_lang}: vocabulary {summary['vocab_size']} "
+          f"({config.vocab_type}) at {summary['vocab_model']}, prepared in {summary['seconds']} s")
+    print(f"{'role':8} {'split':22} {'kept':>7} {'dropped':24} {'src tok':>9} {'tgt tok':>9} {'tok/sent':>9}")
+    for s in summary["splits"]:
+        dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "-"
+        print(f"{s['role']:8} {s['split']:22} {s['sentences']:7} {dropped:24} {s['src_tokens']:9} {s['tgt_tokens']:9} "
+              f"{s['src_tokens_per_sentence']:4.1f}/{s['tgt_tokens_per_sentence']:<4.1f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnlab", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -56,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--vocab", type=int, default=37000, help="shared vocabulary size")
     model.add_argument("--table3", action="store_true", help="every row of the paper's Table 3")
     model.set_defaults(run=cmd_model)
+
+    data = verbs.add_parser("data", help="prepare a corpus: fetch, check, train the vocabulary, summarise",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data.add_argument("config", nargs="?", help="YAML file with a 'data:' section (DataConfig fields)")
+    data.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a DataConfig field, e.g. --set corpus=multi30k --set vocab_size=8000")
+    data.add_argument("--json", action="store_true", help="print the summary as JSON")
+    data.set_defaults(run=cmd_data)
     return parser
 
 
@@ -63,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ConfigError as error:
+    except (ConfigError, DataError) as error:
         print(f"attnlab: error: {error}", file=sys.stderr)
         return 2
 

@@ -163,3 +163,54 @@ class DecodeConfig:
             raise ConfigError(
                 f"DecodeConfig: max_len_a={self.max_len_a} must be >= 0 and max_len_b={self.max_len_b} >= 1"
             )
+
+
+VocabType = Literal["bpe", "unigram"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A parallel corpus, its joint sentencepiece vocabulary and its batches."""
+
+    corpus: str = "multi30k"
+    """A registered corpus (multi30k, wmt14, iwslt14, iwslt17) or "custom" (see custom_files)."""
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_splits: tuple[str, ...] = ("test_2016_flickr",)
+    """Evaluation splits; "corpus/split" picks another corpus, e.g. "wmt14/newstest2014"."""
+    custom_files: dict[str, str] | None = None
+    """For corpus="custom": split -> "source_file,target_file" or "pairs.tsv" (source<TAB>target)."""
+    vocab_size: int = 8000
+    vocab_type: VocabType = "bpe"
+    max_tokens: int = 4096
+    """Token budget per batch, padding included, on the source and on the target side."""
+    max_words: int = 250
+    """Training pairs with more whitespace-separated words on either side are dropped."""
+    max_length_ratio: float = 3.0
+    """Training pairs whose longer side has more than this many times the words of the other are dropped."""
+    seed: int = 1
+    """Batch order and the vocabulary's sentence sample."""
+    cache_dir: str | None = None
+    """Downloads and derived files; None means $ATTNLAB_CACHE or ~/.cache/attnlab."""
+    mirror: str | None = None
+    """A folder or URL laid out like <corpus>/<split>.<lang>.gz; None means $ATTNLAB_DATA_MIRROR,
+    else the public sources."""
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        if self.src_lang == self.tgt_lang:
+            raise ConfigError(f"DataConfig: src_lang and tgt_lang are both {self.src_lang!r}")
+        for name in ("vocab_size", "max_tokens", "max_words"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"DataConfig.{name}={getattr(self, name)} must be a positive integer")
+        if self.max_length_ratio < 1:
+            raise ConfigError(f"DataConfig.max_length_ratio={self.max_length_ratio} must be >= 1")
+        if (self.corpus == "custom") != (self.custom_files is not None):
+            raise ConfigError('DataConfig: custom_files is needed exactly when corpus="custom"')
+        object.__setattr__(self, "test_splits", tuple(self.test_splits))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "data") -> "DataConfig":
+        return from_dict(cls, values, where)

@@ -1,0 +1,91 @@
+"""Batches by token budget: sentences of similar length together, batch order shuffled by seed.
+
+A batch holds at most `max_tokens` tokens on each side counting padding (batch size x longest
+sentence), the paper's "batches of about 25,000 source and 25,000 target tokens". Under DDP
+every rank gets disjoint batches and the same number of them: batches are split until their
+count divides the number of ranks, so nothing is dropped or repeated.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator, Sequence
+
+import torch
+
+
+def token_batches(src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int,
+                  seed: int | None = None) -> list[list[int]]:
+    """Greedy packing of sentence indices sorted by (target, source) length; with a seed, ties
+    are broken randomly so batches differ from epoch to epoch."""
+    rng = random.Random(seed)
+    jitter = [rng.random() for _ in src_lengths] if seed is not None else [0.0] * len(src_lengths)
+    order = sorted(range(len(src_lengths)), key=lambda i: (tgt_lengths[i], src_lengths[i], jitter[i]))
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest_src = longest_tgt = 0
+    for i in order:
+        s, t = max(longest_src, src_lengths[i]), max(longest_tgt, tgt_lengths[i])
+        if batch and (len(batch) + 1) * max(s, t) > max_tokens:
+            batches.append(batch)
+            batch, s, t = [], src_lengths[i], tgt_lengths[i]
+        batch.append(i)
+        longest_src, longest_tgt = s, t
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]]:
+    """Halve the largest batches until the count is a multiple of `multiple`."""
+    batches = list(batches)
+    while len(batches) % multiple:
+        largest = max(range(len(batches)), key=lambda j: len(batches[j]))
+        if len(batches[largest]) < 2:
+            raise ValueError(f"{len(batches)} single-sentence batches cannot be shared evenly by {multiple} ranks")
+        b = batches.pop(largest)
+        batches += [b[: len(b) // 2], b[len(b) // 2 :]]
+    return batches
+
+
+class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Yields lists of dataset indices; call `set_epoch` (Lightning does) for a new order."""
+
+    def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int,
+                 shuffle: bool = True, seed: int = 1, num_replicas: int = 1, rank: int = 0) -> None:
+        longest = max(max(src_lengths, default=0), max(tgt_lengths, default=0))
+        if longest > max_tokens:
+            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest sentence ({longest} tokens)")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} is not in [0, num_replicas={num_replicas})")
+        self.src_lengths, self.tgt_lengths = list(src_lengths), list(tgt_lengths)
+        self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    @property
+    def sampler(self) -> "TokenBatchSampler":
+        # Lightning calls set_epoch on `dataloader.batch_sampler.sampler`, not on the batch sampler.
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self._make_batches())
+        return self._cached[1]
+
+    def _make_batches(self) -> list[list[int]]:
+        seed = self.seed * 100_003 + self.epoch if self.shuffle else None
+        batches = token_batches(self.src_lengths, self.tgt_lengths, self.max_tokens, seed)
+        batches = split_to_multiple(batches, self.num_replicas)
+        if self.shuffle:
+            random.Random(seed).shuffle(batches)
+        return batches[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

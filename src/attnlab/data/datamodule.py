@@ -1,0 +1,123 @@
+"""From a DataConfig to batches of token ids: preparation, datasets and the LightningDataModule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from attnlab.config import DataConfig
+from attnlab.data.batching import TokenBatchSampler
+from attnlab.data.corpora import Parallel, load_split
+from attnlab.data.fetch import cache_dir
+from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary, train_vocabulary
+
+
+class EncodedSplit(Dataset):
+    """Token ids of one split. Source: text + eos; target in: bos + text; target out: text + eos."""
+
+    def __init__(self, parallel: Parallel, vocab: Vocabulary) -> None:
+        self.name, self.src_text, self.tgt_text = parallel.name, parallel.src, parallel.tgt
+        self.src = [ids + [EOS_ID] for ids in vocab.encode(parallel.src)]
+        self.tgt = vocab.encode(parallel.tgt)
+        self.dropped = parallel.dropped
+        self.src_lengths = [len(s) for s in self.src]
+        self.tgt_lengths = [len(t) + 1 for t in self.tgt]  # bos + text, or text + eos
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, i: int) -> int:
+        return i  # collate() looks the ids up: one list of indices per batch, no per-item tensors
+
+    def collate(self, indices: list[int]) -> dict[str, Any]:
+        """Right-padded tensors: src (B, S), tgt_in and tgt_out (B, T); `index` maps rows to lines."""
+        def pad(rows: list[list[int]]) -> torch.Tensor:
+            out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
+            for r, ids in enumerate(rows):
+                out[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            return out
+
+        tgt = [self.tgt[i] for i in indices]
+        return {"src": pad([self.src[i] for i in indices]), "tgt_in": pad([[BOS_ID] + t for t in tgt]),
+                "tgt_out": pad([t + [EOS_ID] for t in tgt]), "index": torch.tensor(indices)}
+
+
+@dataclass
+class Prepared:
+    """Everything `prepare` produced: the vocabulary and the encoded splits."""
+
+    vocab: Vocabulary
+    train: EncodedSplit
+    valid: EncodedSplit
+    tests: dict[str, EncodedSplit] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Sentences kept and dropped per reason, tokens per split, tokens per sentence."""
+        splits = [("train", self.train), ("valid", self.valid)] + [("test", t) for t in self.tests.values()]
+        out: dict[str, Any] = {"vocab_size": len(self.vocab), "vocab_model": str(self.vocab.path), "splits": []}
+        for role, split in splits:
+            n = max(len(split), 1)
+            src_tokens, tgt_tokens = sum(split.src_lengths), sum(split.tgt_lengths)
+            out["splits"].append({
+                "role": role, "split": split.name, "sentences": len(split), "dropped": dict(split.dropped),
+                "src_tokens": src_tokens, "tgt_tokens": tgt_tokens,
+                "src_tokens_per_sentence": round(src_tokens / n, 2), "tgt_tokens_per_sentence": round(tgt_tokens / n, 2),
+                "max_src_tokens": max(split.src_lengths, default=0), "max_tgt_tokens": max(split.tgt_lengths, default=0),
+            })
+        return out
+
+
+def prepare(config: DataConfig) -> Prepared:
+    """Fetch and check every split, train (or reuse) the joint vocabulary, encode. Every input
+    error surfaces here, before any training."""
+    train = load_split(config, config.train_split, train=True)
+    valid = load_split(config, config.valid_split)
+    tests = {name: load_split(config, name) for name in config.test_splits}
+    if len(train) == 0:
+        raise ValueError(f"no training pairs left in {config.corpus}/{config.train_split} after cleaning: {dict(train.dropped)}")
+    vocab = train_vocabulary(train.src + train.tgt, cache_dir(config.cache_dir), config.vocab_size,
+                             config.vocab_type, config.seed)
+    return Prepared(vocab, EncodedSplit(train, vocab), EncodedSplit(valid, vocab),
+                    {name: EncodedSplit(split, vocab) for name, split in tests.items()})
+
+
+class TranslationDataModule(pl.LightningDataModule):
+    """Token-budget batches for Lightning. Use Trainer(use_distributed_sampler=False): the batch
+    sampler already gives each rank its own batches."""
+
+    def __init__(self, config: DataConfig, num_workers: int = 0) -> None:
+        super().__init__()
+        self.config, self.num_workers = config, num_workers
+        self.data: Prepared | None = None
+
+    def prepare_data(self) -> None:
+        prepare(self.config)  # rank 0 only: downloads and the vocabulary land in the shared cache
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = prepare(self.config)  # every rank: cached, so this only reads and encodes
+
+    @property
+    def vocab(self) -> Vocabulary:
+        assert self.data is not None, "call setup() first"
+        return self.data.vocab
+
+    def _loader(self, split: EncodedSplit, shuffle: bool, distributed: bool) -> DataLoader:
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if (distributed and trainer) else (1, 0)
+        sampler = TokenBatchSampler(split.src_lengths, split.tgt_lengths, self.config.max_tokens, shuffle=shuffle,
+                                    seed=self.config.seed, num_replicas=replicas, rank=rank)
+        return DataLoader(split, batch_sampler=sampler, collate_fn=split.collate, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data.train, shuffle=True, distributed=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data.valid, shuffle=False, distributed=True)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(split, shuffle=False, distributed=True) for split in self.data.tests.values()]
