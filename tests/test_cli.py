@@ -24,3 +24,23 @@ def test_table3_lists_every_row(capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "attnlab.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "model" in result.stdout
+
+
+def test_data_prepares_and_summarises(mirror, cache, capsys):
+    assert main(["data", "--set", f"mirror={mirror}", "--set", f"cache_dir={cache}", "--set", "vocab_size=2000", "--json"]) == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    train = summary["splits"][0]
+    assert (train["role"], train["sentences"], train["dropped"]) == ("train", 28998, {"placeholder": 2})
+    assert summary["vocab_size"] == 2000 and train["tgt_tokens"] > train["sentences"]
+
+
+def test_data_errors_are_one_clear_line(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text("data:\n  corpus: multi30k\n  vocab_sise: 8000\n")
+    assert main(["data", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "study.yaml (data): unknown key 'vocab_sise'" in err and "did you mean 'vocab_size'" in err
+    assert main(["data", "--set", "corpus=multi30k", "--set", "mirror=/nonexistent", "--set", f"cache_dir={tmp_path}"]) == 2
+    assert "missing file /nonexistent/multi30k/train.en.gz" in capsys.readouterr().err
