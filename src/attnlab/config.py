@@ -192,6 +192,11 @@ class DataConfig:
     """Training pairs whose longer side has more than this many times the words of the other are dropped."""
     seed: int = 1
     """Batch order and the vocabulary's sentence sample."""
+    max_train_sentences: int | None = None
+    """Use only the first N training pairs (after cleaning): quick runs and smoke studies."""
+    max_eval_sentences: int | None = None
+    """Use only the first N sentences of the validation and test splits: quick runs only, the
+    scores are then not comparable with full-set numbers."""
     cache_dir: str | None = None
     """Downloads and derived files; None means $ATTNLAB_CACHE or ~/.cache/attnlab."""
     mirror: str | None = None
@@ -214,3 +219,129 @@ class DataConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "data") -> "DataConfig":
         return from_dict(cls, values, where)
+
+
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the Lightning Trainer. Defaults are the paper's recipe (section 5)."""
+
+    seed: int = 1
+    max_steps: int | None = None
+    """Optimizer steps; None: no step limit (set max_epochs or max_minutes)."""
+    max_epochs: int | None = None
+    max_minutes: float | None = None
+    """Wall-clock budget for training (evaluation included, as Lightning counts it)."""
+    lr_scale: float = 1.0
+    """lrate = lr_scale * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)."""
+    peak_lr: float | None = None
+    """Alternative to lr_scale: the learning rate reached at the end of warmup."""
+    warmup_steps: int = 4000
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value; None: no clipping."""
+    precision: Precision = "32-true"
+    accumulate_grad_batches: int = 1
+    """Batches per optimizer step (reach the paper's ~25,000 tokens on a small device)."""
+    val_every_steps: int | None = None
+    """Validate every n optimizer steps; None: at the end of every epoch."""
+    val_bleu: bool = True
+    """Translate the validation set at each validation for BLEU/chrF (costs decoding time)."""
+    val_beam_size: int = 1
+    """Beam for validation BLEU (1: greedy, fast); the final evaluation uses DecodeConfig."""
+    keep_checkpoints: int = 5
+    """Most recent checkpoints kept (the paper averages the last 5)."""
+    checkpoint_every_steps: int | None = None
+    """Also write a checkpoint every n steps (default: at each validation)."""
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    threads: int | None = None
+    """torch.set_num_threads for this process; None keeps torch's default."""
+    attention_stats: bool = True
+    """Attention statistics and head importance on a validation sample after training."""
+    attention_sample: int = 64
+    """Validation sentences used for attention statistics."""
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise ConfigError("TrainConfig: set at least one of max_steps, max_epochs, max_minutes")
+        if self.peak_lr is not None and self.lr_scale != 1.0:
+            raise ConfigError("TrainConfig: set lr_scale or peak_lr, not both")
+        for name in ("warmup_steps", "accumulate_grad_batches", "keep_checkpoints", "val_beam_size", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"TrainConfig.label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Weights & Biases and console output."""
+
+    wandb: WandbMode = "auto"
+    """auto: online when an API key is configured, else offline (sync later); disabled: no W&B."""
+    project: str = "attnlab"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str = "train"
+    tags: tuple[str, ...] = ()
+    progress_bar: bool = True
+    quiet: bool = False
+    """Only warnings and the final result on the console."""
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        object.__setattr__(self, "tags", tuple(self.tags))
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig,
+            "logging": LoggingConfig}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One training run: what to build, on what data, how to train, decode and log it."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    """Run folders are created under it: <output_dir>/<name>."""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig(max_epochs=1)
+    decode: DecodeConfig = DecodeConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> "ExperimentConfig":
+        values = dict(values)
+        for section, section_cls in SECTIONS.items():
+            if section in values:
+                raw = values[section] or {}
+                if not isinstance(raw, Mapping):
+                    raise ConfigError(f"{where}: {section!r} must be a mapping of {section_cls.__name__} fields")
+                values[section] = from_dict(section_cls, raw, f"{where}: {section}")
+        return from_dict(cls, values, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def set_path(values: dict[str, Any], dotted: str, value: Any, where: str = "--set") -> None:
+    """values["train"]["max_steps"] = value for dotted="train.max_steps"."""
+    *parents, leaf = dotted.split(".")
+    node = values
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {dotted!r} goes through a non-mapping value")
+    node[leaf] = value

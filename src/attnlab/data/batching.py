@@ -62,6 +62,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
         self._cached: tuple[int, list[list[int]]] | None = None
+        self.resume: tuple[int, int] | None = None  # (epoch, batches already done) after a restart
 
     @property
     def sampler(self) -> "TokenBatchSampler":
@@ -85,7 +86,11 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         return batches[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        batches = self._batches()
+        if self.resume is not None and self.resume[0] == self.epoch:
+            batches = batches[self.resume[1] :]  # a run resumed mid-epoch continues where it stopped
+            self.resume = None
+        return iter(batches)
 
     def __len__(self) -> int:
         return len(self._batches())

@@ -127,5 +127,12 @@ def load_split(config: DataConfig, split: str, train: bool = False) -> Parallel:
     are kept whole (a test set is scored on every line), whitespace normalised."""
     src, tgt = read_split(config, split)
     if train:
-        return clean(src, tgt, config, split)
-    return Parallel(split, [normalise_space(s) for s in src], [normalise_space(t) for t in tgt])
+        kept = clean(src, tgt, config, split)
+        limit = config.max_train_sentences
+    else:
+        kept = Parallel(split, [normalise_space(s) for s in src], [normalise_space(t) for t in tgt])
+        limit = config.max_eval_sentences
+    if limit is not None and len(kept) > limit:
+        kept.dropped["over_limit"] += len(kept) - limit
+        kept.src, kept.tgt = kept.src[:limit], kept.tgt[:limit]
+    return kept

@@ -93,6 +93,7 @@ class TranslationDataModule(pl.LightningDataModule):
         super().__init__()
         self.config, self.num_workers = config, num_workers
         self.data: Prepared | None = None
+        self._resume: tuple[int, int] | None = None
 
     def prepare_data(self) -> None:
         prepare(self.config)  # rank 0 only: downloads and the vocabulary land in the shared cache
@@ -114,7 +115,21 @@ class TranslationDataModule(pl.LightningDataModule):
         return DataLoader(split, batch_sampler=sampler, collate_fn=split.collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data.train, shuffle=True, distributed=True)
+        loader = self._loader(self.data.train, shuffle=True, distributed=True)
+        loader.batch_sampler.resume = self._resume
+        return loader
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in checkpoints: where in the epoch training stopped, so a resumed run skips the
+        batches it already trained on instead of seeing them twice."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.completed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume = (state["epoch"], state["batches_done"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data.valid, shuffle=False, distributed=True)

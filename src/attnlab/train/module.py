@@ -1,0 +1,122 @@
+"""The LightningModule: loss, optimizer, schedule and logging around an injected model.
+
+It never reads ablation fields: whatever `build_model` produced is trained the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from attnlab.config import TrainConfig
+from attnlab.model import Transformer, beam_search, greedy_search
+from attnlab.train.schedule import noam_scheduler, scale_for_peak
+
+# Scores hypotheses (token ids in dataset order) of the validation split: {"bleu": .., "chrf": ..}
+Scorer = Callable[[dict[int, list[int]]], dict[str, float]]
+
+
+class TranslationModule(pl.LightningModule):
+    def __init__(self, model: Transformer, train: TrainConfig, scorer: Scorer | None = None,
+                 checkpoint_extra: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.model, self.train_config, self.scorer = model, train, scorer
+        self.checkpoint_extra = checkpoint_extra or {}  # what `load_checkpoint` needs to rebuild the run
+        self._val: dict[str, Any] = {}
+        self._last_step_time: float | None = None
+        self.train_tokens = 0
+        self.train_seconds = 0.0
+
+    # -- loss ------------------------------------------------------------------------------
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(label-smoothed loss per token, summed NLL, real target tokens); padding ignored."""
+        logits = self.model(batch["src"], batch["tgt_in"]).flatten(0, 1).float()
+        target = batch["tgt_out"].flatten()
+        tokens = int((target != self.model.pad_id).sum())
+        smoothed = F.cross_entropy(logits, target, ignore_index=self.model.pad_id,
+                                   label_smoothing=self.train_config.label_smoothing, reduction="sum")
+        nll = F.cross_entropy(logits.detach(), target, ignore_index=self.model.pad_id, reduction="sum")
+        return smoothed / max(tokens, 1), nll, tokens
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, nll, tokens = self._losses(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: the run diverged")
+        now = time.perf_counter()
+        if self._last_step_time is not None:  # time since the previous batch: forward+backward+step
+            elapsed = now - self._last_step_time
+            self.train_seconds += elapsed
+            self.train_tokens += tokens
+            self.log("train/tokens_per_s", tokens / elapsed, on_step=True, prog_bar=True)
+        self._last_step_time = now
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.log("train/ppl", math.exp(min(nll.item() / max(tokens, 1), 50)), on_step=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        self.log("global_step", float(self.global_step), on_step=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norms = [p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True)
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_time = None
+
+    # -- validation ------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"nll": 0.0, "tokens": 0, "hyps": {}}
+        self._last_step_time = None  # validation time is not training time
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        _, nll, tokens = self._losses(batch)
+        self._val["nll"] += nll.item()
+        self._val["tokens"] += tokens
+        if self.scorer is not None and self.train_config.val_bleu and not self.trainer.sanity_checking:
+            beam = self.train_config.val_beam_size
+            found = (greedy_search(self.model, batch["src"]) if beam == 1
+                     else beam_search(self.model, batch["src"], beam_size=beam))
+            self._val["hyps"].update(zip(batch["index"].tolist(), found.tokens))
+
+    def on_validation_epoch_end(self) -> None:
+        nll, tokens, hyps = self._val["nll"], self._val["tokens"], self._val["hyps"]
+        if dist.is_available() and dist.is_initialized():  # sum over ranks, exactly
+            totals = torch.tensor([nll, tokens], dtype=torch.float64, device=self.device)
+            dist.all_reduce(totals)
+            nll, tokens = totals.tolist()
+            gathered: list[dict] = [None] * dist.get_world_size()  # type: ignore[list-item]
+            dist.all_gather_object(gathered, hyps)
+            hyps = {k: v for part in gathered for k, v in part.items()}
+        val_loss = nll / max(tokens, 1)
+        self.log("val/loss", val_loss, sync_dist=False, rank_zero_only=True)
+        self.log("val/ppl", math.exp(min(val_loss, 50)), rank_zero_only=True)
+        if hyps and self.scorer is not None:
+            for name, value in self.scorer(hyps).items():
+                self.log(f"val/{name}", value, rank_zero_only=True)
+
+    # -- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg, d_model = self.train_config, self.model.config.d_model
+        scale = scale_for_peak(cfg.peak_lr, d_model, cfg.warmup_steps) if cfg.peak_lr else cfg.lr_scale
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                     weight_decay=cfg.weight_decay)
+        scheduler = noam_scheduler(optimizer, d_model, cfg.warmup_steps, scale)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["attnlab"] = self.checkpoint_extra
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}  # dropout masks continue exactly on resume
+        checkpoint["throughput"] = {"tokens": self.train_tokens, "seconds": self.train_seconds}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng" in checkpoint:
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+        self.train_tokens = checkpoint.get("throughput", {}).get("tokens", 0)
+        self.train_seconds = checkpoint.get("throughput", {}).get("seconds", 0.0)

@@ -1,0 +1,199 @@
+"""`train(config) -> result`: one run from config to a scored, logged run folder.
+
+    <output_dir>/<name>/
+        config.yaml          the resolved config
+        checkpoints/         step<N>.ckpt (the last `keep_checkpoints`)
+        hypotheses/<split>.txt  final translations, one per source line
+        heatmaps/*.png       attention of a few fixed validation sentences
+        attention.csv        statistics per kind, layer and head
+        result.json          scores, PPL, params, throughput, attention summary
+        wandb/               the W&B run (offline runs: `wandb sync` it later)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from attnlab.analysis.attention import TABLE_COLUMNS, attention_statistics, head_importance, rows, summarise
+from attnlab.analysis.heatmaps import attention_heatmaps
+from attnlab.config import ExperimentConfig
+from attnlab.data.datamodule import EncodedSplit, TranslationDataModule
+from attnlab.data.tokenizer import Vocabulary
+from attnlab.model import Transformer, build_model, count_parameters
+from attnlab.train.checkpoints import latest_checkpoint
+from attnlab.train.evaluation import score, translate
+from attnlab.train.module import TranslationModule
+from attnlab.train.tracking import finish, make_logger
+
+HEATMAP_SENTENCES = 3
+
+
+def _trainer(config: ExperimentConfig, run_dir: Path, logger) -> pl.Trainer:
+    t = config.train
+    val_interval = {"val_check_interval": t.val_every_steps * t.accumulate_grad_batches,
+                    "check_val_every_n_epoch": None} if t.val_every_steps else {}
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+        monitor="global_step", mode="max", save_top_k=t.keep_checkpoints,
+        every_n_train_steps=t.checkpoint_every_steps)
+    return pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, max_steps=t.max_steps if t.max_steps is not None else -1, max_epochs=t.max_epochs,
+        max_time={"minutes": t.max_minutes} if t.max_minutes else None,
+        gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
+        logger=logger if logger is not None else False, callbacks=[checkpoint],
+        enable_progress_bar=config.logging.progress_bar and not config.logging.quiet,
+        enable_model_summary=not config.logging.quiet, use_distributed_sampler=False,  # our sampler shards
+        default_root_dir=str(run_dir), log_every_n_steps=10, num_sanity_val_steps=0, **val_interval,
+    )
+
+
+def _validation_loss(model: Transformer, split: EncodedSplit, max_tokens: int) -> float:
+    """Mean NLL per target token over the whole split (PPL = exp of it)."""
+    from attnlab.data.batching import TokenBatchSampler
+
+    model.eval()
+    device = next(model.parameters()).device
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for indices in TokenBatchSampler(split.src_lengths, split.tgt_lengths, max_tokens, shuffle=False):
+            batch = {k: v.to(device) for k, v in split.collate(indices).items()}
+            logits = model(batch["src"], batch["tgt_in"]).float()
+            nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(),
+                                                     ignore_index=model.pad_id, reduction="sum").item()
+            tokens += int((batch["tgt_out"] != model.pad_id).sum())
+    return nll / max(tokens, 1)
+
+
+def _attention(model: Transformer, split: EncodedSplit, vocab: Vocabulary, sample: int, run_dir: Path):
+    """Statistics and head importance on the first `sample` validation sentences, and heatmaps."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in split.collate(list(range(min(sample, len(split))))).items()}
+    stats = attention_statistics(model, batch["src"], batch["tgt_in"])
+    importance = head_importance(model, batch["src"], batch["tgt_in"], batch["tgt_out"])
+    images = []
+    for i in range(min(HEATMAP_SENTENCES, len(split))):
+        one = split.collate([i])
+        pieces = lambda ids: [vocab.sp.id_to_piece(int(t)) for t in ids]  # noqa: E731
+        images += attention_heatmaps(model, one["src"].to(device), one["tgt_in"].to(device), pieces(one["src"][0]),
+                                     pieces(one["tgt_in"][0]), run_dir / "heatmaps", f"val{i}")
+    return stats, importance, images
+
+
+def evaluate_model(model: Transformer, vocab: Vocabulary, config: ExperimentConfig, splits: dict[str, EncodedSplit],
+                   run_dir: Path) -> dict[str, Any]:
+    """Translate and score every split with the final decoding settings; write hypotheses."""
+    out: dict[str, Any] = {}
+    (run_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        start = time.perf_counter()
+        hypotheses = translate(model, split, vocab, config.decode, config.data.max_tokens)
+        seconds = time.perf_counter() - start
+        (run_dir / "hypotheses" / f"{name.replace('/', '_')}.txt").write_text("".join(h + "\n" for h in hypotheses))
+        out[name] = {**score(hypotheses, split.tgt_text).as_dict(), "decode_seconds": round(seconds, 2),
+                     "sentences": len(split), "beam_size": config.decode.beam_size}
+    return out
+
+
+def _log_final(logger, result: dict[str, Any], table: list[list[Any]], images: list[Path],
+               samples: list[list[str]]) -> None:
+    if logger is None:
+        return
+    import wandb
+
+    flat = {f"final/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+    for kind, stats in result["attention"].items():
+        if isinstance(stats, dict):
+            flat.update({f"attention/{kind}/{stat}": value for stat, value in stats.items()})
+    logger.experiment.summary.update(flat)
+    logger.log_table("attention/heads", columns=TABLE_COLUMNS, data=table)
+    logger.log_table("samples", columns=["source", "reference", "hypothesis"], data=samples)
+    logger.experiment.log({"heatmaps": [wandb.Image(str(p), caption=p.stem) for p in images]})
+
+
+def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
+    """Train, evaluate and log one run; returns result.json's content (on rank 0; {} elsewhere)."""
+    start = time.perf_counter()
+    run_dir = Path(config.output_dir) / config.name
+    if config.logging.quiet:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    pl.seed_everything(config.train.seed, workers=True, verbose=False)
+
+    data = TranslationDataModule(config.data)
+    data.prepare_data()  # every data error surfaces here, before the model exists
+    data.setup("fit")
+    vocab = data.vocab
+    model = build_model(config.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
+    params = count_parameters(model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    valid = data.data.valid
+    def scorer(hyps: dict[int, list[int]]) -> dict[str, float]:
+        order = sorted(hyps)
+        s = score(vocab.decode([hyps[i] for i in order]), [valid.tgt_text[i] for i in order])
+        return {"bleu": s.bleu, "chrf": s.chrf}
+
+    module = TranslationModule(model, config.train, scorer,
+                               checkpoint_extra={"config": config.to_dict(), "vocab_model": str(vocab.path)})
+    logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab)})
+    trainer = _trainer(config, run_dir, logger)
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    failed, sync_command = True, None
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+        if trainer.global_rank != 0:
+            failed = False
+            return {}
+        if not any(p.name == f"step{trainer.global_step:07d}.ckpt" for p in (run_dir / "checkpoints").glob("*.ckpt")):
+            trainer.save_checkpoint(run_dir / "checkpoints" / f"step{trainer.global_step:07d}.ckpt")
+        result = _final(config, module, model, vocab, data, run_dir, params, logger)
+        result["wall_s"] = round(time.perf_counter() - start, 1)
+        failed = False
+    finally:
+        sync_command = finish(logger, failed) if trainer.global_rank == 0 else None
+    result["wandb_sync"] = sync_command
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    if sync_command and not config.logging.quiet:
+        print(f"W&B run saved offline; upload it with: {sync_command}")
+    return result
+
+
+def _final(config: ExperimentConfig, module: TranslationModule, model: Transformer, vocab: Vocabulary,
+           data: TranslationDataModule, run_dir: Path, params: int, logger) -> dict[str, Any]:
+    valid = data.data.valid
+    val_loss = _validation_loss(model, valid, config.data.max_tokens)
+    splits = {config.data.valid_split: valid, **data.data.tests}
+    scores = evaluate_model(model, vocab, config, splits, run_dir)
+    attention_summary, table, images = {}, [], []
+    if config.train.attention_stats:
+        stats, importance, images = _attention(model, valid, vocab, config.train.attention_sample, run_dir)
+        attention_summary, table = summarise(stats, importance), rows(stats, importance)
+        with open(run_dir / "attention.csv", "w") as f:
+            f.write(",".join(TABLE_COLUMNS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in table))
+    dev = scores[config.data.valid_split]
+    result = {
+        "name": config.name, "bleu": dev["bleu"], "chrf": dev["chrf"], "sacrebleu_signature": dev["sacrebleu_signature"],
+        "chrf_signature": dev["chrf_signature"], "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
+        "params": params, "train_steps": module.global_step, "epochs": module.current_epoch,
+        "train_tokens": module.train_tokens,
+        "train_tokens_per_s": module.train_tokens / module.train_seconds if module.train_seconds else None,
+        "train_seconds": round(module.train_seconds, 1), "splits": scores, "attention": attention_summary,
+        "run_dir": str(run_dir),
+    }
+    hyps = (run_dir / "hypotheses" / f"{config.data.valid_split}.txt").read_text().splitlines()
+    samples = [[valid.src_text[i], valid.tgt_text[i], hyps[i]] for i in range(min(8, len(valid)))]
+    _log_final(logger, result, table, images, samples)
+    return result
