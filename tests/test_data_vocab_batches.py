@@ -105,3 +105,16 @@ def test_parallel_workers_share_one_cache(mirror, tmp_path):
     assert outputs[0] == outputs[1] and Path(outputs[0]).exists()
     assert not list(tmp_path.rglob("*.part"))
     assert len(list((tmp_path / "vocab").glob("*.model"))) == 1
+
+
+def test_too_small_a_vocabulary_is_a_clear_error(tmp_path, cache):
+    from attnlab.data.fetch import DataError
+
+    (tmp_path / "a.en").write_text("hello world\n")
+    (tmp_path / "a.de").write_text("hallo welt\n")
+    config = DataConfig(corpus="custom", custom_files={"train": f"{tmp_path}/a.en,{tmp_path}/a.de",
+                                                       "val": f"{tmp_path}/a.en,{tmp_path}/a.de"},
+                        test_splits=(), vocab_size=50, cache_dir=cache)
+    with pytest.raises(DataError, match="cannot train a bpe vocabulary of 50: .*Vocabulary size is smaller"):
+        prepare(config)
+    assert not list((Path(cache) / "vocab").glob("*.model"))

@@ -89,6 +89,92 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_experiment(path: str, overrides: Sequence[str]):
+    """An ExperimentConfig from a YAML file plus dotted --set overrides (train.max_steps=100)."""
+    from attnlab.config import ExperimentConfig, set_path
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping with model/data/train/decode/logging sections")
+    for key, value in parse_overrides(overrides).items():
+        set_path(values, key, value)
+    return ExperimentConfig.from_dict(values, where=path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from attnlab.train.run import train
+
+    config = load_experiment(args.config, args.set)
+    if args.quiet:
+        config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, quiet=True))
+    result = train(config, resume=not args.restart)
+    if result:
+        keys = ("name", "bleu", "chrf", "val_ppl", "params", "train_steps", "train_tokens_per_s", "wall_s", "run_dir")
+        print(json.dumps({k: result.get(k) for k in keys}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from attnlab.data.corpora import load_split
+    from attnlab.data.datamodule import EncodedSplit
+    from attnlab.train.checkpoints import load_checkpoint
+    from attnlab.train.evaluation import score, translate
+
+    model, vocab, config = load_checkpoint(args.checkpoint)
+    decode = dataclasses.replace(config.decode, **({"beam_size": args.beam} if args.beam else {}))
+    data = dataclasses.replace(config.data, max_eval_sentences=None)
+    split = EncodedSplit(load_split(data, args.split), vocab)
+    hypotheses = translate(model, split, vocab, decode, data.max_tokens)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.writelines(h + "\n" for h in hypotheses)
+    print(json.dumps({"split": args.split, "sentences": len(split), **score(hypotheses, split.tgt_text).as_dict()}, indent=2))
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from attnlab.data.corpora import Parallel, normalise_space
+    from attnlab.data.datamodule import EncodedSplit
+    from attnlab.train.checkpoints import load_checkpoint
+    from attnlab.train.evaluation import translate
+
+    model, vocab, config = load_checkpoint(args.checkpoint)
+    decode = dataclasses.replace(config.decode, **({"beam_size": args.beam} if args.beam else {}))
+    lines = [normalise_space(line) for line in sys.stdin]
+    if lines:
+        split = EncodedSplit(Parallel("stdin", lines, [""] * len(lines)), vocab)
+        for hypothesis in translate(model, split, vocab, decode, config.data.max_tokens):
+            print(hypothesis)
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attnlab.train.checkpoints import average_checkpoints, step_checkpoints
+
+    paths = list(args.checkpoints)
+    if args.last:
+        if len(paths) != 1 or not Path(paths[0]).is_dir():
+            raise ConfigError("--last N takes one run folder or checkpoints folder")
+        folder = Path(paths[0]) / "checkpoints" if (Path(paths[0]) / "checkpoints").is_dir() else Path(paths[0])
+        paths = step_checkpoints(folder)[-args.last :]
+        if len(paths) < args.last:
+            raise ConfigError(f"{folder} holds {len(paths)} step checkpoints, fewer than --last {args.last}")
+    print(average_checkpoints(paths, args.output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnlab", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -108,6 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override a DataConfig field, e.g. --set corpus=multi30k --set vocab_size=8000")
     data.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(run=cmd_data)
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    train = verbs.add_parser("train", help="train, evaluate and log one run", formatter_class=fmt)
+    train.add_argument("config", help="YAML with name, output_dir and model/data/train/decode/logging sections")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field by dotted path, e.g. --set train.max_steps=100 (repeatable)")
+    train.add_argument("--restart", action="store_true", help="ignore checkpoints in the run folder")
+    train.add_argument("--quiet", action="store_true", help="no progress bar; warnings and the result only")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = verbs.add_parser("evaluate", help="score a checkpoint on a split (sacreBLEU BLEU, chrF)", formatter_class=fmt)
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--split", required=True, help='a split of the run\'s corpus, or "corpus/split"')
+    evaluate.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam_size)")
+    evaluate.add_argument("--output", help="write the hypotheses to this file")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    translate = verbs.add_parser("translate", help="translate stdin to stdout, one sentence per line", formatter_class=fmt)
+    translate.add_argument("checkpoint")
+    translate.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam_size)")
+    translate.set_defaults(run=cmd_translate)
+
+    average = verbs.add_parser("average", help="average checkpoints (the paper's Table 2 recipe)", formatter_class=fmt)
+    average.add_argument("checkpoints", nargs="+", help="checkpoint files, or one run folder with --last")
+    average.add_argument("--last", type=int, help="average the last N step checkpoints of a run folder")
+    average.add_argument("-o", "--output", required=True)
+    average.set_defaults(run=cmd_average)
     return parser
 
 
@@ -115,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"attnlab: error: {error}", file=sys.stderr)
         return 2
 

@@ -265,6 +265,8 @@ class TrainConfig:
     num_nodes: int = 1
     threads: int | None = None
     """torch.set_num_threads for this process; None keeps torch's default."""
+    log_every_steps: int = 10
+    """Scalars go to the logger every n optimizer steps."""
     attention_stats: bool = True
     """Attention statistics and head importance on a validation sample after training."""
     attention_sample: int = 64

@@ -112,7 +112,11 @@ class TranslationDataModule(pl.LightningDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if (distributed and trainer) else (1, 0)
         sampler = TokenBatchSampler(split.src_lengths, split.tgt_lengths, self.config.max_tokens, shuffle=shuffle,
                                     seed=self.config.seed, num_replicas=replicas, rank=rank)
-        return DataLoader(split, batch_sampler=sampler, collate_fn=split.collate, num_workers=self.num_workers)
+        # Its own generator: creating an iterator must not draw from the global RNG, or dropout
+        # masks after a resume would differ from those of an uninterrupted run.
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return DataLoader(split, batch_sampler=sampler, collate_fn=split.collate, num_workers=self.num_workers,
+                          generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.data.train, shuffle=True, distributed=True)
@@ -125,7 +129,9 @@ class TranslationDataModule(pl.LightningDataModule):
         if self.trainer is None:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.completed}
+        # `processed`, not `completed`: a checkpoint written in on_train_batch_end comes before
+        # Lightning counts that batch as completed, yet the batch has been trained on.
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import sentencepiece as spm
 
-from attnlab.data.fetch import atomic_write, locked
+from attnlab.data.fetch import DataError, atomic_write, locked
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -59,13 +59,19 @@ def train_vocabulary(texts: Sequence[str], cache: Path, vocab_size: int = 8000, 
             if not path.exists():
                 model = io.BytesIO()
                 spm.set_random_generator_seed(seed)  # the sentence sample when input is large
-                spm.SentencePieceTrainer.train(
-                    sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-                    model_type=vocab_type, character_coverage=1.0, byte_fallback=True,
-                    normalization_rule_name="identity", pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID,
-                    eos_id=EOS_ID, num_threads=2, minloglevel=2,
-                    input_sentence_size=2_000_000, shuffle_input_sentence=True,
-                )
+                try:
+                    _train(texts, model, vocab_size, vocab_type)
+                except RuntimeError as error:  # sentencepiece's own words, e.g. vocab too small
+                    raise DataError(f"cannot train a {vocab_type} vocabulary of {vocab_size}: {error}") from None
                 with atomic_write(path) as f:
                     f.write(model.getvalue())
     return Vocabulary(path)
+
+
+def _train(texts: Sequence[str], model: io.BytesIO, vocab_size: int, vocab_type: str) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=vocab_type,
+        character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity", pad_id=PAD_ID,
+        unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, num_threads=2, minloglevel=2,
+        input_sentence_size=2_000_000, shuffle_input_sentence=True,
+    )

@@ -54,7 +54,7 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger) -> pl.Trainer:
         logger=logger if logger is not None else False, callbacks=[checkpoint],
         enable_progress_bar=config.logging.progress_bar and not config.logging.quiet,
         enable_model_summary=not config.logging.quiet, use_distributed_sampler=False,  # our sampler shards
-        default_root_dir=str(run_dir), log_every_n_steps=10, num_sanity_val_steps=0, **val_interval,
+        default_root_dir=str(run_dir), log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0, **val_interval,
     )
 
 

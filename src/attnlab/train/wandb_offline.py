@@ -44,7 +44,7 @@ def _key(item: Any) -> str:
 
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     """{"run": {id, name, project, group, job_type, tags}, "config": {...}, "summary": {...},
-    "history": [{key: value, ...} per step]} of one offline run folder (or its .wandb file)."""
+    "history": [{key: value, ...} per step], "exit_code": int (absent while running)} of one offline run folder (or its .wandb file)."""
     from wandb.proto import wandb_internal_pb2
 
     path = Path(run_dir)
@@ -67,6 +67,8 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             out["config"].update({_key(u): json.loads(u.value_json) for u in record.config.update})
         elif kind == "summary":
             out["summary"].update({_key(u): json.loads(u.value_json) for u in record.summary.update})
+        elif kind == "exit":
+            out["exit_code"] = record.exit.exit_code
         elif kind == "history":
             out["history"].append({_key(i): json.loads(i.value_json) for i in record.history.item})
     return out
