@@ -156,3 +156,26 @@ def test_a_failed_run_still_finishes_its_wandb_run(mirror, cache, tmp_path):
         train(config)
     offline = next((tmp_path / "runs" / "diverges" / "wandb").glob("offline-run-*"))
     assert read_offline_run(offline)["exit_code"] == 1
+
+
+@pytest.mark.ddp
+def test_ddp_on_two_cpu_processes_trains_and_logs_once(mirror, cache, tmp_path):
+    """ddp_spawn, 2 processes, gloo: one result, one W&B run, steps and tokens over both ranks."""
+    import time
+
+    config = quick_config(mirror, cache, tmp_path, "ddp", accelerator="cpu", devices=2, strategy="ddp_spawn",
+                          max_steps=6, val_every_steps=3)
+    result = train(config)
+    run_dir = Path(result["run_dir"])
+    stats = json.loads((run_dir / "train_stats.json").read_text())
+    assert stats["world_size"] == 2 and stats["train_steps"] == result["train_steps"] == 6
+    assert [p.name for p in step_checkpoints(run_dir / "checkpoints")] == ["step0000003.ckpt", "step0000006.ckpt"]
+    [offline] = list((run_dir / "wandb").glob("offline-run-*"))  # rank 1 logged nothing of its own
+    # The spawned rank 0 and the main process share the run through the wandb service, which
+    # may write the final records just after finish() returns in the main process.
+    deadline = time.time() + 30
+    while "exit_code" not in (run := read_offline_run(offline)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert run["exit_code"] == 0 and run["run"]["name"] == "ddp"
+    assert {"train/loss", "val/loss", "val/bleu"} <= set().union(*run["history"])
+    assert run["summary"]["final/bleu"] == pytest.approx(result["bleu"])

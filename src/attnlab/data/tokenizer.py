@@ -32,6 +32,12 @@ class Vocabulary:
     def __len__(self) -> int:
         return self.sp.get_piece_size()
 
+    def __getstate__(self) -> dict:  # picklable for ddp_spawn workers: reload from the file
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.sp.encode(list(texts), out_type=int)
 

@@ -33,6 +33,19 @@ def score(hypotheses: list[str], references: list[str]) -> Scores:
                   str(bleu.get_signature()), str(chrf.get_signature()))
 
 
+class ValidationScorer:
+    """BLEU/chrF of validation hypotheses given as token ids by dataset index (picklable, so it
+    travels to spawned DDP workers)."""
+
+    def __init__(self, vocab: Vocabulary, references: list[str]) -> None:
+        self.vocab, self.references = vocab, references
+
+    def __call__(self, hyps: dict[int, list[int]]) -> dict[str, float]:
+        order = sorted(hyps)
+        s = score(self.vocab.decode([hyps[i] for i in order]), [self.references[i] for i in order])
+        return {"bleu": s.bleu, "chrf": s.chrf}
+
+
 def search(model: Transformer, src: torch.Tensor, decode: DecodeConfig) -> list[list[int]]:
     kwargs = dict(length_penalty_alpha=decode.length_penalty, max_len_a=decode.max_len_a, max_len_b=decode.max_len_b)
     if decode.beam_size == 1:

@@ -5,6 +5,7 @@ It never reads ablation fields: whatever `build_model` produced is trained the s
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any, Callable
@@ -24,9 +25,10 @@ Scorer = Callable[[dict[int, list[int]]], dict[str, float]]
 
 class TranslationModule(pl.LightningModule):
     def __init__(self, model: Transformer, train: TrainConfig, scorer: Scorer | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None) -> None:
+                 checkpoint_extra: dict[str, Any] | None = None, stats_path: str | None = None) -> None:
         super().__init__()
         self.model, self.train_config, self.scorer = model, train, scorer
+        self.stats_path = stats_path  # rank 0 writes training totals here (spawned workers too)
         self.checkpoint_extra = checkpoint_extra or {}  # what `load_checkpoint` needs to rebuild the run
         self._val: dict[str, Any] = {}
         self._last_step_time: float | None = None
@@ -69,6 +71,19 @@ class TranslationModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None
 
+    def on_train_end(self) -> None:
+        """Totals over all ranks: tokens summed, time of the slowest rank."""
+        tokens, seconds = float(self.train_tokens), self.train_seconds
+        if dist.is_available() and dist.is_initialized():
+            totals = torch.tensor([tokens, seconds], dtype=torch.float64)
+            dist.all_reduce(totals[:1])
+            dist.all_reduce(totals[1:], op=dist.ReduceOp.MAX)
+            tokens, seconds = totals.tolist()
+        if self.stats_path and self.trainer.global_rank == 0:
+            with open(self.stats_path, "w") as f:
+                json.dump({"train_steps": self.global_step, "epochs": self.current_epoch, "train_tokens": int(tokens),
+                           "train_seconds": seconds, "world_size": self.trainer.world_size}, f)
+
     # -- validation ------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val = {"nll": 0.0, "tokens": 0, "hyps": {}}
@@ -94,11 +109,12 @@ class TranslationModule(pl.LightningModule):
             dist.all_gather_object(gathered, hyps)
             hyps = {k: v for part in gathered for k, v in part.items()}
         val_loss = nll / max(tokens, 1)
-        self.log("val/loss", val_loss, sync_dist=False, rank_zero_only=True)
-        self.log("val/ppl", math.exp(min(val_loss, 50)), rank_zero_only=True)
+        # Every rank holds the same exact totals now; sync_dist only averages equal values.
+        self.log("val/loss", val_loss, sync_dist=True)
+        self.log("val/ppl", math.exp(min(val_loss, 50)), sync_dist=True)
         if hyps and self.scorer is not None:
             for name, value in self.scorer(hyps).items():
-                self.log(f"val/{name}", value, rank_zero_only=True)
+                self.log(f"val/{name}", value, sync_dist=True)
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from attnlab.data.datamodule import EncodedSplit, TranslationDataModule
 from attnlab.data.tokenizer import Vocabulary
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.train.checkpoints import latest_checkpoint
-from attnlab.train.evaluation import score, translate
+from attnlab.train.evaluation import ValidationScorer, score, translate
 from attnlab.train.module import TranslationModule
 from attnlab.train.tracking import finish, make_logger
 
@@ -140,14 +140,9 @@ def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    valid = data.data.valid
-    def scorer(hyps: dict[int, list[int]]) -> dict[str, float]:
-        order = sorted(hyps)
-        s = score(vocab.decode([hyps[i] for i in order]), [valid.tgt_text[i] for i in order])
-        return {"bleu": s.bleu, "chrf": s.chrf}
-
-    module = TranslationModule(model, config.train, scorer,
-                               checkpoint_extra={"config": config.to_dict(), "vocab_model": str(vocab.path)})
+    module = TranslationModule(model, config.train, ValidationScorer(vocab, data.data.valid.tgt_text),
+                               checkpoint_extra={"config": config.to_dict(), "vocab_model": str(vocab.path)},
+                               stats_path=str(run_dir / "train_stats.json"))
     logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab)})
     trainer = _trainer(config, run_dir, logger)
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
@@ -157,9 +152,11 @@ def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
         if trainer.global_rank != 0:
             failed = False
             return {}
-        if not any(p.name == f"step{trainer.global_step:07d}.ckpt" for p in (run_dir / "checkpoints").glob("*.ckpt")):
-            trainer.save_checkpoint(run_dir / "checkpoints" / f"step{trainer.global_step:07d}.ckpt")
-        result = _final(config, module, model, vocab, data, run_dir, params, logger)
+        totals = json.loads((run_dir / "train_stats.json").read_text())  # from rank 0, spawned or not
+        final_checkpoint = run_dir / "checkpoints" / f"step{totals['train_steps']:07d}.ckpt"
+        if not final_checkpoint.exists():  # the last steps came after the last periodic checkpoint
+            trainer.save_checkpoint(final_checkpoint)
+        result = _final(config, model, vocab, data, run_dir, params, logger, totals)
         result["wall_s"] = round(time.perf_counter() - start, 1)
         failed = False
     finally:
@@ -171,8 +168,8 @@ def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
     return result
 
 
-def _final(config: ExperimentConfig, module: TranslationModule, model: Transformer, vocab: Vocabulary,
-           data: TranslationDataModule, run_dir: Path, params: int, logger) -> dict[str, Any]:
+def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,
+           data: TranslationDataModule, run_dir: Path, params: int, logger, totals: dict[str, Any]) -> dict[str, Any]:
     valid = data.data.valid
     val_loss = _validation_loss(model, valid, config.data.max_tokens)
     splits = {config.data.valid_split: valid, **data.data.tests}
@@ -187,10 +184,9 @@ def _final(config: ExperimentConfig, module: TranslationModule, model: Transform
     result = {
         "name": config.name, "bleu": dev["bleu"], "chrf": dev["chrf"], "sacrebleu_signature": dev["sacrebleu_signature"],
         "chrf_signature": dev["chrf_signature"], "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
-        "params": params, "train_steps": module.global_step, "epochs": module.current_epoch,
-        "train_tokens": module.train_tokens,
-        "train_tokens_per_s": module.train_tokens / module.train_seconds if module.train_seconds else None,
-        "train_seconds": round(module.train_seconds, 1), "splits": scores, "attention": attention_summary,
+        "params": params, **totals,
+        "train_tokens_per_s": totals["train_tokens"] / totals["train_seconds"] if totals["train_seconds"] else None,
+        "splits": scores, "attention": attention_summary,
         "run_dir": str(run_dir),
     }
     hyps = (run_dir / "hypotheses" / f"{config.data.valid_split}.txt").read_text().splitlines()
