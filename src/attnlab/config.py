@@ -234,7 +234,9 @@ class TrainConfig:
     """Optimizer steps; None: no step limit (set max_epochs or max_minutes)."""
     max_epochs: int | None = None
     max_minutes: float | None = None
-    """Wall-clock budget for training (evaluation included, as Lightning counts it)."""
+    """Wall-clock budget for the fit (validation included, as Lightning counts it)."""
+    max_train_minutes: float | None = None
+    """Budget of pure training time (forward, backward, update), validation not counted."""
     lr_scale: float = 1.0
     """lrate = lr_scale * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)."""
     peak_lr: float | None = None
@@ -275,8 +277,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_choices(self)
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
-        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
-            raise ConfigError("TrainConfig: set at least one of max_steps, max_epochs, max_minutes")
+        if all(getattr(self, k) is None for k in ("max_steps", "max_epochs", "max_minutes", "max_train_minutes")):
+            raise ConfigError("TrainConfig: set at least one of max_steps, max_epochs, max_minutes, max_train_minutes")
         if self.peak_lr is not None and self.lr_scale != 1.0:
             raise ConfigError("TrainConfig: set lr_scale or peak_lr, not both")
         for name in ("warmup_steps", "accumulate_grad_batches", "keep_checkpoints", "val_beam_size", "num_nodes"):

@@ -56,6 +56,9 @@ class TranslationModule(pl.LightningModule):
             self.train_seconds += elapsed
             self.train_tokens += tokens
             self.log("train/tokens_per_s", tokens / elapsed, on_step=True, prog_bar=True)
+            budget = self.train_config.max_train_minutes
+            if budget is not None and self.train_seconds >= 60 * budget:
+                self.trainer.should_stop = True
         self._last_step_time = now
         self.log("train/loss", loss, on_step=True, prog_bar=True)
         self.log("train/ppl", math.exp(min(nll.item() / max(tokens, 1), 50)), on_step=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
             trainer.save_checkpoint(final_checkpoint)
         result = _final(config, model, vocab, data, run_dir, params, logger, totals)
         result["wall_s"] = round(time.perf_counter() - start, 1)
+        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         failed = False
     finally:
         sync_command = finish(logger, failed) if trainer.global_rank == 0 else None
