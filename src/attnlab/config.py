@@ -255,8 +255,8 @@ class TrainConfig:
     """Validate every n optimizer steps; None: at the end of every epoch."""
     val_bleu: bool = True
     """Translate the validation set at each validation for BLEU/chrF (costs decoding time)."""
-    val_beam_size: int = 1
-    """Beam for validation BLEU (1: greedy, fast); the final evaluation uses DecodeConfig."""
+    val_beam_size: int | None = None
+    """Beam for validation BLEU; None: the run's DecodeConfig (beam 4 by default); 1: greedy, fast."""
     keep_checkpoints: int = 5
     """Most recent checkpoints kept (the paper averages the last 5)."""
     checkpoint_every_steps: int | None = None
@@ -281,7 +281,9 @@ class TrainConfig:
             raise ConfigError("TrainConfig: set at least one of max_steps, max_epochs, max_minutes, max_train_minutes")
         if self.peak_lr is not None and self.lr_scale != 1.0:
             raise ConfigError("TrainConfig: set lr_scale or peak_lr, not both")
-        for name in ("warmup_steps", "accumulate_grad_batches", "keep_checkpoints", "val_beam_size", "num_nodes"):
+        if self.val_beam_size is not None and self.val_beam_size < 1:
+            raise ConfigError(f"TrainConfig.val_beam_size={self.val_beam_size} must be >= 1 or None")
+        for name in ("warmup_steps", "accumulate_grad_batches", "keep_checkpoints", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -5,6 +5,7 @@ It never reads ablation fields: whatever `build_model` produced is trained the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -15,8 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from attnlab.config import TrainConfig
-from attnlab.model import Transformer, beam_search, greedy_search
+from attnlab.config import DecodeConfig, TrainConfig
+from attnlab.model import Transformer
+from attnlab.train.evaluation import search
 from attnlab.train.schedule import noam_scheduler, scale_for_peak
 
 # Scores hypotheses (token ids in dataset order) of the validation split: {"bleu": .., "chrf": ..}
@@ -25,9 +27,11 @@ Scorer = Callable[[dict[int, list[int]]], dict[str, float]]
 
 class TranslationModule(pl.LightningModule):
     def __init__(self, model: Transformer, train: TrainConfig, scorer: Scorer | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None, stats_path: str | None = None) -> None:
+                 checkpoint_extra: dict[str, Any] | None = None, stats_path: str | None = None,
+                 decode: DecodeConfig | None = None) -> None:
         super().__init__()
         self.model, self.train_config, self.scorer = model, train, scorer
+        self.decode = decode or DecodeConfig()
         self.stats_path = stats_path  # rank 0 writes training totals here (spawned workers too)
         self.checkpoint_extra = checkpoint_extra or {}  # what `load_checkpoint` needs to rebuild the run
         self._val: dict[str, Any] = {}
@@ -97,10 +101,10 @@ class TranslationModule(pl.LightningModule):
         self._val["nll"] += nll.item()
         self._val["tokens"] += tokens
         if self.scorer is not None and self.train_config.val_bleu and not self.trainer.sanity_checking:
-            beam = self.train_config.val_beam_size
-            found = (greedy_search(self.model, batch["src"]) if beam == 1
-                     else beam_search(self.model, batch["src"], beam_size=beam))
-            self._val["hyps"].update(zip(batch["index"].tolist(), found.tokens))
+            decode = self.decode
+            if self.train_config.val_beam_size is not None:
+                decode = dataclasses.replace(decode, beam_size=self.train_config.val_beam_size)
+            self._val["hyps"].update(zip(batch["index"].tolist(), search(self.model, batch["src"], decode)))
 
     def on_validation_epoch_end(self) -> None:
         nll, tokens, hyps = self._val["nll"], self._val["tokens"], self._val["hyps"]

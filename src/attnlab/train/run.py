@@ -143,7 +143,7 @@ def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
 
     module = TranslationModule(model, config.train, ValidationScorer(vocab, data.data.valid.tgt_text),
                                checkpoint_extra={"config": config.to_dict(), "vocab_model": str(vocab.path)},
-                               stats_path=str(run_dir / "train_stats.json"))
+                               stats_path=str(run_dir / "train_stats.json"), decode=config.decode)
     logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab)})
     trainer = _trainer(config, run_dir, logger)
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
