@@ -44,3 +44,19 @@ def test_data_errors_are_one_clear_line(tmp_path, capsys):
     assert "study.yaml (data): unknown key 'vocab_sise'" in err and "did you mean 'vocab_size'" in err
     assert main(["data", "--set", "corpus=multi30k", "--set", "mirror=/nonexistent", "--set", f"cache_dir={tmp_path}"]) == 2
     assert "missing file /nonexistent/multi30k/train.en.gz" in capsys.readouterr().err
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    from attnlab.cli import load_experiment
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("examples/*.yaml")):
+        config = load_experiment(str(path), ["train.max_steps=5"])
+        assert config.train.max_steps == 5
+
+
+def test_train_config_typo_names_section_and_suggestion(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("train:\n  max_step: 3\n")
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    assert "train: unknown key 'max_step' for TrainConfig; did you mean 'max_steps'?" in capsys.readouterr().err
