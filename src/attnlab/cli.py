@@ -46,10 +46,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_yaml_section(path: str | None, section: str) -> dict[str, Any]:
-    """The `section:` mapping of a YAML config file (empty without a file)."""
-    if path is None:
-        return {}
+def read_yaml(path: str) -> dict[str, Any]:
+    """A YAML mapping from a file; a missing or malformed file is a ConfigError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
             document = yaml.safe_load(f) or {}
@@ -57,8 +55,18 @@ def load_yaml_section(path: str | None, section: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(document, dict) or not isinstance(document.get(section, {}), dict):
-        raise ConfigError(f"{path}: expected a mapping with a {section!r} mapping inside")
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping with model/data/train/decode/logging sections")
+    return document
+
+
+def load_yaml_section(path: str | None, section: str) -> dict[str, Any]:
+    """The `section:` mapping of a YAML config file (empty without a file)."""
+    if path is None:
+        return {}
+    document = read_yaml(path)
+    if not isinstance(document.get(section, {}), dict):
+        raise ConfigError(f"{path}: {section!r} must be a mapping")
     return dict(document.get(section) or {})
 
 
@@ -93,15 +101,7 @@ def load_experiment(path: str, overrides: Sequence[str]):
     """An ExperimentConfig from a YAML file plus dotted --set overrides (train.max_steps=100)."""
     from attnlab.config import ExperimentConfig, set_path
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping with model/data/train/decode/logging sections")
+    values = read_yaml(path)
     for key, value in parse_overrides(overrides).items():
         set_path(values, key, value)
     return ExperimentConfig.from_dict(values, where=path)

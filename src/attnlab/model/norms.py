@@ -55,27 +55,25 @@ def build_norm(config: ModelConfig) -> nn.Module:
     return NORMS[config.norm](config.d_model, config.norm_eps)
 
 
-class PostNorm(nn.Module):
-    """x = Norm(x + Dropout(Sublayer(x, ...))): the paper's residual wiring."""
+class _Residual(nn.Module):
+    """A sub-layer with its residual connection, dropout and norm; subclasses place the norm."""
 
     def __init__(self, sublayer: nn.Module, config: ModelConfig) -> None:
         super().__init__()
         self.sublayer = sublayer
         self.norm = build_norm(config)
         self.dropout = nn.Dropout(config.dropout)
+
+
+class PostNorm(_Residual):
+    """x = Norm(x + Dropout(Sublayer(x, ...))): the paper's residual wiring."""
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return self.norm(x + self.dropout(self.sublayer(x, *args, **kwargs)))
 
 
-class PreNorm(nn.Module):
+class PreNorm(_Residual):
     """x = x + Dropout(Sublayer(Norm(x), ...)): only the query stream is normalised."""
-
-    def __init__(self, sublayer: nn.Module, config: ModelConfig) -> None:
-        super().__init__()
-        self.sublayer = sublayer
-        self.norm = build_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return x + self.dropout(self.sublayer(self.norm(x), *args, **kwargs))
