@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--last", type=int, help="average the last N step checkpoints of a run folder")
     average.add_argument("-o", "--output", required=True)
     average.set_defaults(run=cmd_average)
+
+    from attnlab.sweep.commands import add_parser as add_sweep_parser
+
+    add_sweep_parser(verbs)
     return parser
 
 

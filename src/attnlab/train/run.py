@@ -39,7 +39,7 @@ from attnlab.train.tracking import finish, make_logger
 HEATMAP_SENTENCES = 3
 
 
-def _trainer(config: ExperimentConfig, run_dir: Path, logger) -> pl.Trainer:
+def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl.Callback]) -> pl.Trainer:
     t = config.train
     val_interval = {"val_check_interval": t.val_every_steps * t.accumulate_grad_batches,
                     "check_val_every_n_epoch": None} if t.val_every_steps else {}
@@ -52,7 +52,7 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger) -> pl.Trainer:
         precision=t.precision, max_steps=t.max_steps if t.max_steps is not None else -1, max_epochs=t.max_epochs,
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
-        logger=logger if logger is not None else False, callbacks=[checkpoint],
+        logger=logger if logger is not None else False, callbacks=[checkpoint, *callbacks],
         enable_progress_bar=config.logging.progress_bar and not config.logging.quiet,
         enable_model_summary=not config.logging.quiet, use_distributed_sampler=False,  # our sampler shards
         default_root_dir=str(run_dir), log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0, **val_interval,
@@ -122,8 +122,11 @@ def _log_final(logger, result: dict[str, Any], table: list[list[Any]], images: l
     logger.experiment.log({"heatmaps": [wandb.Image(str(p), caption=p.stem) for p in images]})
 
 
-def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
-    """Train, evaluate and log one run; returns result.json's content (on rank 0; {} elsewhere)."""
+def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] | None = None,
+          callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
+    """Train, evaluate and log one run; returns result.json's content (on rank 0; {} elsewhere).
+    `extra` goes into the W&B config and result.json (a sweep's trial number, say); `callbacks`
+    join the Trainer's (a pruning callback, say)."""
     start = time.perf_counter()
     run_dir = Path(config.output_dir) / config.name
     if config.logging.quiet:
@@ -144,8 +147,8 @@ def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
     module = TranslationModule(model, config.train, ValidationScorer(vocab, data.data.valid.tgt_text),
                                checkpoint_extra={"config": config.to_dict(), "vocab_model": str(vocab.path)},
                                stats_path=str(run_dir / "train_stats.json"), decode=config.decode)
-    logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab)})
-    trainer = _trainer(config, run_dir, logger)
+    logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab), **(extra or {})})
+    trainer = _trainer(config, run_dir, logger, callbacks or [])
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
     failed, sync_command = True, None
     try:
@@ -162,8 +165,10 @@ def train(config: ExperimentConfig, resume: bool = True) -> dict[str, Any]:
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         failed = False
     finally:
+        wandb_id = logger.experiment.id if logger is not None and trainer.global_rank == 0 else None
         sync_command = finish(logger, failed) if trainer.global_rank == 0 else None
-    result["wandb_sync"] = sync_command
+    result["wandb_run_id"], result["wandb_sync"] = wandb_id, sync_command
+    result.update(extra or {})
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     if sync_command and not config.logging.quiet:
         print(f"W&B run saved offline; upload it with: {sync_command}")

@@ -1,0 +1,82 @@
+"""A worker: claim a queued (row, seed) trial, train it, store its result, repeat."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from attnlab.sweep.spec import Study
+from attnlab.sweep.storage import Heartbeat, claim, heartbeat_interval, open_study, others_running, redact
+
+# result.json fields stored on the trial (Optuna user attributes) for status, export, reports.
+RESULT_ATTRS = ("bleu", "chrf", "sacrebleu_signature", "val_loss", "val_ppl", "params", "train_steps",
+                "train_tokens_per_s", "train_seconds", "wall_s", "peak_rss_mb", "run_dir", "wandb_run_id",
+                "splits", "attention")
+
+
+def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: str, threads: int | None = None) -> None:
+    """Train one claimed trial; the trial ends COMPLETE with its metric, or FAIL with a reason."""
+    from attnlab.train.run import train
+
+    row_id = trial.suggest_categorical("row", [r.id for r in study.rows])
+    seed = trial.suggest_categorical("seed", list(study.seeds))
+    row = study.row(row_id)
+    config = study.trial_config(row, seed)
+    if threads:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
+    trial.set_user_attr("worker", worker)
+    trial.set_user_attr("changes", row.changes)
+    extra = {"study": study.name, "row": row_id, "seed": seed, "trial_number": trial.number,
+             "trial_id": trial._trial_id, "changes": row.changes}
+    with Heartbeat(ostudy, trial._trial_id):
+        try:
+            result = train(config, extra=extra)
+        except KeyboardInterrupt:
+            _fail(ostudy, trial, "interrupted", "stopped by Ctrl-C; `attnlab sweep run` again resumes it")
+            raise
+        except FloatingPointError as error:
+            _fail(ostudy, trial, "diverged", str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - any failure of one row must not stop the study
+            _fail(ostudy, trial, "error", "".join(traceback.format_exception_only(error)).strip()[-2000:])
+            return
+    for key in RESULT_ATTRS:
+        if key in result:
+            trial.set_user_attr(key, result[key])
+    ostudy.tell(trial, result[study.metric])
+
+
+def _fail(ostudy: optuna.Study, trial: optuna.Trial, kind: str, reason: str) -> None:
+    trial.set_user_attr("fail_kind", kind)
+    trial.set_user_attr("fail_reason", reason)
+    ostudy.tell(trial, state=TrialState.FAIL)
+
+
+def work(study: Study, url: str, worker: str = "worker-0", wait_for_others: bool = True,
+         threads: int | None = None) -> int:
+    """Run queued trials until none is left (and, by default, none is running elsewhere: a
+    running trial may yet go stale and come back). Returns how many trials this worker ran."""
+    ostudy = open_study(study, url)
+    done = 0
+    print(f"[{worker}] study {study.name!r} on {redact(url)}", flush=True)
+    while True:
+        trial = claim(ostudy, url)
+        if trial is None:
+            if wait_for_others and others_running(ostudy):
+                time.sleep(max(1, heartbeat_interval() // 2))
+                continue
+            return done
+        run_trial(study, ostudy, trial, worker, threads)
+        done += 1
+
+
+def summary(ostudy: optuna.Study) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for t in ostudy.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts

@@ -1,0 +1,163 @@
+"""Ablation studies: validation, running every row once, resume, failures, workers, kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from attnlab.sweep.spec import StudyError, load_study
+from attnlab.sweep.storage import enqueue_missing, open_study, storage_url
+from attnlab.sweep.worker import work
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_study(tmp_path, mirror, rows, name="tiny", seeds=(1,), **base_train) -> Path:
+    train = {"max_steps": 8, "peak_lr": 3e-3, "warmup_steps": 4, "val_every_steps": 8, "val_beam_size": 1,
+             "threads": 1, "attention_stats": False, **base_train}
+    document = {
+        "study": name, "output_dir": str(tmp_path / "studies"), "seeds": list(seeds),
+        "base": {"model": {"n_layers": 1, "d_model": 32, "d_ff": 64, "n_heads": 4},
+                 "data": {"vocab_size": 500, "max_tokens": 1024, "max_train_sentences": 1000, "max_eval_sentences": 20,
+                          "mirror": mirror, "cache_dir": str(tmp_path / "cache"), "test_splits": []},
+                 "train": train, "decode": {"beam_size": 1, "max_len_b": 10},
+                 "logging": {"wandb": "disabled", "progress_bar": False, "quiet": True}},
+        "rows": rows,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def trials_by_key(study_path):
+    study = load_study(study_path)
+    ostudy = open_study(study, storage_url(study))
+    out = {}
+    for t in ostudy.get_trials(deepcopy=False):
+        params = t.system_attrs.get("fixed_params") or t.params
+        out.setdefault((params["row"], params["seed"]), []).append(t)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def fast_heartbeat(monkeypatch):
+    monkeypatch.setenv("ATTNLAB_HEARTBEAT_S", "1")
+
+
+def test_every_problem_of_a_study_file_is_reported_at_once(tmp_path, mirror):
+    path = tiny_study(tmp_path, mirror, [
+        {"id": "typo", "model": {"n_head": 2}},
+        {"id": "choice", "model": {"positional": "sine"}},
+        {"id": "shape", "model": {"n_heads": 3}},
+        {"id": "same", "model": {"n_heads": 4}},  # n_heads 4 is the base: a duplicate of it
+        {"id": "choice", "model": {"norm": "rmsnorm"}},
+    ])
+    document = yaml.safe_load(path.read_text())
+    document["seeds"] = [1, 1]
+    document["extra"] = True
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(StudyError) as error:
+        load_study(path)
+    text = "\n".join(error.value.problems)
+    for expected in ["unknown key 'extra'", "unknown key 'n_head'", "did you mean 'n_heads'",
+                     "positional='sine' is not one of", "n_heads=3 does not divide d_model=32",
+                     "row 'same' is the same config as row 'base'", "row 'choice': duplicate id",
+                     "seeds: [1, 1] must be a non-empty list of distinct integers"]:
+        assert expected in text, expected
+    assert len(error.value.problems) == 7  # the typo and its suggestion are one problem
+
+
+def test_shipped_studies_are_valid():
+    for path in sorted((ROOT / "ablations").glob("*.yaml")):
+        study = load_study(path)
+        assert study.rows and study.seeds, path
+
+
+def test_rows_axes_and_seeds_expand_to_trials(tmp_path, mirror):
+    path = tiny_study(tmp_path, mirror, [{"id": "pre", "model": {"norm_placement": "pre"}}], seeds=(1, 2))
+    document = yaml.safe_load(path.read_text())
+    document["axes"] = {"model.positional": ["rope", "alibi"], "model.norm": ["rmsnorm"]}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    study = load_study(path)
+    assert [r.id for r in study.rows] == ["base", "pre", "positional=rope,norm=rmsnorm", "positional=alibi,norm=rmsnorm"]
+    assert len(study.trials()) == 8
+    config = study.trial_config(study.rows[2], 2)
+    assert (config.model.positional, config.model.norm, config.train.seed) == ("rope", "rmsnorm", 2)
+    assert config.name == "positional=rope,norm=rmsnorm-s2" and config.logging.group == "tiny"
+    assert config.logging.job_type == "trial" and "model.positional=rope" in config.logging.tags
+
+
+def test_study_runs_every_row_once_stores_results_and_resumes(tmp_path, mirror):
+    path = tiny_study(tmp_path, mirror, [{"id": "heads1", "model": {"n_heads": 1}},
+                                         {"id": "diverges", "train": {"peak_lr": 1.0e6, "warmup_steps": 1}}])
+    study = load_study(path)
+    url = storage_url(study)
+    ostudy = open_study(study, url)
+    assert enqueue_missing(ostudy, study, url) == 3
+    assert work(study, url) == 3
+    trials = trials_by_key(path)
+    assert {k: [t.state.name for t in v] for k, v in trials.items()} == {
+        ("base", 1): ["COMPLETE"], ("heads1", 1): ["COMPLETE"], ("diverges", 1): ["FAIL"]}
+    complete = trials[("base", 1)][0]
+    assert complete.value == complete.user_attrs["bleu"] and "sacrebleu_signature" in complete.user_attrs
+    assert Path(complete.user_attrs["run_dir"], "result.json").exists()
+    failed = trials[("diverges", 1)][0]
+    assert failed.user_attrs["fail_kind"] == "diverged" and "diverged" in failed.user_attrs["fail_reason"]
+    # Running again queues nothing: complete rows stay done, a diverged row is not retried.
+    assert enqueue_missing(ostudy, study, url) == 0 and work(study, url) == 0
+    assert enqueue_missing(ostudy, study, url, retry_failed=True) == 1
+
+
+def test_cli_two_workers_share_an_sqlite_study(tmp_path, mirror):
+    rows = [{"id": f"h{h}", "model": {"n_heads": h}} for h in (1, 2, 8)]
+    path = tiny_study(tmp_path, mirror, rows, name="two")
+    env = {**os.environ, "ATTNLAB_HEARTBEAT_S": "1"}
+    out = subprocess.run([sys.executable, "-m", "attnlab.cli", "sweep", "run", str(path), "--workers", "2",
+                          "--threads", "1"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = trials_by_key(path)
+    assert sorted(trials) == [("base", 1), ("h1", 1), ("h2", 1), ("h8", 1)]
+    assert all([t.state.name for t in v] == ["COMPLETE"] for v in trials.values())
+    assert {t.user_attrs["worker"] for v in trials.values() for t in v} == {"worker-0", "worker-1"}
+    status = subprocess.run([sys.executable, "-m", "attnlab.cli", "sweep", "status", str(path)], env=env,
+                            capture_output=True, text=True)
+    assert "4 of 4 trials complete" in status.stdout
+    export = tmp_path / "trials.csv"
+    subprocess.run([sys.executable, "-m", "attnlab.cli", "sweep", "export", str(path), "-o", str(export)], check=True)
+    import pandas as pd
+
+    frame = pd.read_csv(export)
+    assert len(frame) == 4 and set(frame["state"]) == {"COMPLETE"} and "bleu" in frame
+
+
+def test_a_worker_killed_mid_trial_is_rerun_exactly_once(tmp_path, mirror):
+    rows = [{"id": "slow", "train": {"max_steps": 400, "val_every_steps": 400, "checkpoint_every_steps": 5}}]
+    path = tiny_study(tmp_path, mirror, rows, name="killed")
+    study = load_study(path)
+    url = storage_url(study)
+    enqueue_missing(open_study(study, url), study, url)
+    env = {**os.environ, "ATTNLAB_HEARTBEAT_S": "1"}
+    victim = subprocess.Popen([sys.executable, "-m", "attnlab.cli", "sweep", "worker", str(path), "--name", "victim"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    run_dir = tmp_path / "studies" / "killed"
+    while time.time() < deadline and not list(run_dir.glob("*/checkpoints/step*.ckpt")):
+        time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_row = next(p.parent.parent.name for p in run_dir.glob("*/checkpoints/step*.ckpt"))
+    assert work(study, url, "rescuer") >= 1  # waits for the stale heartbeat, then reruns
+    trials = trials_by_key(path)
+    key = (killed_row.rsplit("-s", 1)[0], 1)
+    states = sorted(t.state.name for t in trials[key])
+    assert states == ["COMPLETE", "FAIL"], states  # the killed attempt, and exactly one rerun
+    assert all([t.state.name for t in v] == ["COMPLETE"] for k, v in trials.items() if k != key)
+    rerun = next(t for t in trials[key] if t.state.name == "COMPLETE")
+    assert rerun.user_attrs["worker"] == "rescuer" and rerun.system_attrs.get("failed_trial") is not None
