@@ -161,3 +161,40 @@ def test_a_worker_killed_mid_trial_is_rerun_exactly_once(tmp_path, mirror):
     assert all([t.state.name for t in v] == ["COMPLETE"] for k, v in trials.items() if k != key)
     rerun = next(t for t in trials[key] if t.state.name == "COMPLETE")
     assert rerun.user_attrs["worker"] == "rescuer" and rerun.system_attrs.get("failed_trial") is not None
+
+
+@pytest.fixture
+def postgres_url():
+    url = os.environ.get("ATTNLAB_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("ATTNLAB_REQUIRE_POSTGRES"):
+            pytest.fail("ATTNLAB_TEST_POSTGRES is not set but CI requires the PostgreSQL tests")
+        pytest.skip("set ATTNLAB_TEST_POSTGRES=postgresql://user:password@host/db to run")
+    return url
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_share_a_postgresql_study_each_row_once(tmp_path, mirror, postgres_url, workers):
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    name = f"pg{workers}-{uuid.uuid4().hex[:8]}"
+    rows = [{"id": f"h{h}", "model": {"n_heads": h}} for h in (1, 2, 8)] + [{"id": "pre", "model": {"norm_placement": "pre"}}]
+    path = tiny_study(tmp_path, mirror, rows, name=name, seeds=(1, 2))
+    env = {**os.environ, "ATTNLAB_HEARTBEAT_S": "1", "ATTNLAB_STORAGE": postgres_url}
+    out = subprocess.run([sys.executable, "-m", "attnlab.cli", "sweep", "run", str(path), "--workers", str(workers),
+                          "--threads", "1"], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    password = make_url(postgres_url).password
+    assert password and password not in out.stdout + out.stderr  # secrets never reach the logs
+    assert "***" in out.stdout
+    study = load_study(path)
+    trials = {}
+    for t in open_study(study, postgres_url).get_trials(deepcopy=False):
+        trials.setdefault((t.params["row"], t.params["seed"]), []).append(t.state.name)
+    assert trials == {(row.id, seed): ["COMPLETE"] for row, seed in study.trials()}  # 10 trials, each once
+    for run_dir in (tmp_path / "studies" / name).iterdir():
+        if run_dir.is_dir():
+            assert password not in (run_dir / "config.yaml").read_text()
