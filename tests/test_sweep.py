@@ -198,3 +198,74 @@ def test_workers_share_a_postgresql_study_each_row_once(tmp_path, mirror, postgr
     for run_dir in (tmp_path / "studies" / name).iterdir():
         if run_dir.is_dir():
             assert password not in (run_dir / "config.yaml").read_text()
+
+
+class _FakeStrategy:
+    @staticmethod
+    def broadcast(value):
+        return value
+
+
+class _FakeTrainer:
+    def __init__(self, loss):
+        import torch
+
+        self.callback_metrics = {"val/loss": torch.tensor(loss)}
+        self.sanity_checking, self.is_global_zero, self.global_step = False, True, 10
+        self.strategy, self.should_stop = _FakeStrategy(), False
+
+
+def test_pruning_callback_stops_a_trial_worse_than_the_median():
+    from attnlab.sweep.pruning import PruneOnValidation
+
+    study = optuna.create_study(direction="minimize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    for loss in (1.0, 1.2):  # finished trials that reached a low loss at step 10
+        trial = study.ask()
+        trial.report(loss, step=10)
+        study.tell(trial, loss)
+    good, bad = study.ask(), study.ask()
+    trainer = _FakeTrainer(0.9)
+    PruneOnValidation(good, "val/loss").on_validation_end(trainer, None)
+    assert not trainer.should_stop
+    PruneOnValidation(good, "val/loss").check_pruned()  # no exception
+    trainer = _FakeTrainer(5.0)
+    callback = PruneOnValidation(bad, "val/loss")
+    callback.on_validation_end(trainer, None)
+    assert trainer.should_stop
+    with pytest.raises(optuna.TrialPruned, match="pruned at step 10"):
+        callback.check_pruned()
+
+
+def test_tuning_study_runs_its_trial_budget(tmp_path, mirror):
+    path = tiny_study(tmp_path, mirror, [], name="tune", val_every_steps=4, val_bleu=False)
+    document = yaml.safe_load(path.read_text())
+    document.update({"space": {"train.peak_lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                               "model.dropout": {"choices": [0.0, 0.2]}},
+                     "n_trials": 3, "metric": "val_loss", "direction": "minimize", "pruner": "median"})
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    study = load_study(path)
+    assert study.tuning and study.rows == ()
+    from attnlab.sweep.worker import tune
+
+    tune(study, storage_url(study))
+    trials = open_study(study, storage_url(study)).get_trials(deepcopy=False)
+    assert len(trials) == 3 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert complete and all(t.value == t.user_attrs["val_loss"] for t in complete)
+    assert all(1e-4 <= t.params["train.peak_lr"] <= 1e-2 for t in trials)
+    tune(study, storage_url(study))  # the budget is global: a second worker adds nothing
+    assert len(open_study(study, storage_url(study)).get_trials(deepcopy=False)) == 3
+
+
+def test_bad_search_space_is_reported(tmp_path, mirror):
+    path = tiny_study(tmp_path, mirror, [], name="badspace")
+    document = yaml.safe_load(path.read_text())
+    document.update({"space": {"train.peak_lrr": {"low": 1e-4, "high": 1e-2}, "model.n_heads": {"choices": [4, 3]},
+                               "model.dropout": [0.1]}, "n_trials": 0, "pruner": "asha"})
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(StudyError) as error:
+        load_study(path)
+    text = "\n".join(error.value.problems)
+    for expected in ["unknown key 'peak_lrr'", "model.n_heads=3", "space.model.dropout: expected",
+                     "n_trials: 0 must be a positive integer", "pruner: 'asha' is not one of"]:
+        assert expected in text, expected

@@ -24,10 +24,19 @@ def _study_and_url(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from attnlab.sweep.storage import enqueue_missing, open_study, redact
-    from attnlab.sweep.worker import summary, work
+    from attnlab.sweep.worker import summary, tune, work
 
     study, url = _study_and_url(args)
     ostudy = open_study(study, url)
+    if study.tuning:
+        print(f"tuning study {study.name!r}: {study.n_trials} trials, {study.sampler} sampler, "
+              f"{study.pruner} pruner on {study.metric}; storage {redact(url)}", flush=True)
+        if args.workers == 1:
+            tune(study, url, "worker-0", threads=args.threads)
+        else:
+            _spawn_workers(args, url)
+        print(json.dumps(summary(ostudy)))
+        return 0
     queued = enqueue_missing(ostudy, study, url, retry_failed=args.retry_failed)
     print(f"study {study.name!r}: {len(study.rows)} rows x {len(study.seeds)} seeds = {len(study.trials())} trials; "
           f"{queued} queued now; storage {redact(url)}", flush=True)
@@ -63,10 +72,10 @@ def _spawn_workers(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from attnlab.sweep.worker import work
+    from attnlab.sweep.worker import tune, work
 
     study, url = _study_and_url(args)
-    work(study, url, args.name, threads=args.threads)
+    (tune if study.tuning else work)(study, url, args.name, threads=args.threads)
     return 0
 
 

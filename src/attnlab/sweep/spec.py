@@ -28,7 +28,9 @@ import yaml
 from attnlab.config import ConfigError, ExperimentConfig, set_path
 
 STUDY_KEYS = {"study", "description", "base", "rows", "axes", "seeds", "include_base", "output_dir", "metric",
-              "direction", "paper_table3", "storage"}
+              "direction", "paper_table3", "storage", "space", "n_trials", "sampler", "pruner", "sampler_seed"}
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
 
 
 class StudyError(ConfigError):
@@ -62,6 +64,22 @@ class Study:
     paper_table3: bool = False
     """Row ids name rows of the paper's Table 3 (A1, B2, ...): reports put the paper beside ours."""
     storage: str | None = None
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Tuning studies (sweeps/*.yaml): dotted field -> {low, high[, log]} or {choices: [...]}."""
+    n_trials: int = 0
+    sampler: str = "tpe"
+    pruner: str = "median"
+    sampler_seed: int = 1
+
+    @property
+    def tuning(self) -> bool:
+        return bool(self.space)
+
+    def tuned_config(self, params: dict[str, Any], number: int) -> ExperimentConfig:
+        """The base with sampled values, as trial t<number> of a tuning study."""
+        config = ExperimentConfig.from_dict(_merge(self.base.to_dict(), _unflatten(params)), where=f"trial {number}")
+        row = Row(f"t{number}", _unflatten(params), config)
+        return self.trial_config(row, config.train.seed)
 
     def trials(self) -> list[tuple[Row, int]]:
         """Every (row, seed) pair, in row order."""
@@ -92,6 +110,31 @@ def _flatten(changes: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _unflatten(params: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        set_path(out, key, value)
+    return out
+
+
+def _check_space(space: Any, base_values: dict[str, Any]) -> list[str]:
+    """Each entry names a real field and a valid range; both ends must build a valid config."""
+    if not isinstance(space, dict) or not space:
+        return ["space: expected a mapping of dotted fields to {low, high[, log]} or {choices: [...]}"]
+    problems = []
+    for key, spec in space.items():
+        if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
+            problems.append(f"space.{key}: expected {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
+            continue
+        ends = spec["choices"] if "choices" in spec else [spec["low"], spec["high"]]
+        for value in ends:
+            try:
+                _validate_model(ExperimentConfig.from_dict(_merge(base_values, _unflatten({key: value})), where=f"space.{key}"))
+            except (ConfigError, ValueError, RuntimeError) as error:
+                problems.append(f"space.{key}={value!r}: {error}")
+    return problems
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +207,17 @@ def load_study(path: str | Path) -> Study:
         for key, value in zip(axes, values):
             set_path(changes, key, value)
         variants.append((_row_id(changes), changes))
-    if len(variants) == 0:
+    tuning = "space" in document
+    if tuning:
+        problems += _check_space(document["space"], base_values)
+        variants = []
+        n_trials = document.get("n_trials")
+        if not isinstance(n_trials, int) or n_trials < 1:
+            problems.append(f"n_trials: {n_trials!r} must be a positive integer for a tuning study")
+        for key, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if document.get(key, choices[0]) not in choices:
+                problems.append(f"{key}: {document.get(key)!r} is not one of {', '.join(map(repr, choices))}")
+    elif len(variants) == 0:
         problems.append("no rows: give rows and/or axes (or include_base: true)")
 
     rows: list[Row] = []
@@ -203,4 +256,6 @@ def load_study(path: str | Path) -> Study:
     return Study(name=name, path=path, base=base, rows=tuple(rows), seeds=tuple(seeds),
                  output_dir=str(document.get("output_dir", "runs/studies")), metric=metric, direction=direction,
                  description=str(document.get("description", "")), paper_table3=bool(document.get("paper_table3")),
-                 storage=document.get("storage"))
+                 storage=document.get("storage"), space=dict(document.get("space") or {}),
+                 n_trials=int(document.get("n_trials") or 0), sampler=document.get("sampler", "tpe"),
+                 pruner=document.get("pruner", "median"), sampler_seed=int(document.get("sampler_seed", 1)))

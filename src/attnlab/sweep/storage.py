@@ -62,7 +62,23 @@ def open_study(study: Study, url: str) -> optuna.Study:
         engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}},
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=study.name, storage=storage, direction=study.direction, load_if_exists=True)
+    return optuna.create_study(study_name=study.name, storage=storage, direction=study.direction, load_if_exists=True,
+                               sampler=_sampler(study), pruner=_pruner(study))
+
+
+def _sampler(study: Study) -> optuna.samplers.BaseSampler:
+    """The same seed on every worker, so a study's suggestions do not depend on who asks."""
+    if study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=study.sampler_seed)
+    return optuna.samplers.TPESampler(seed=study.sampler_seed, n_startup_trials=min(5, max(study.n_trials // 3, 1)))
+
+
+def _pruner(study: Study) -> optuna.pruners.BasePruner:
+    if study.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if study.pruner == "none" or not study.tuning:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
 def trial_key(trial: optuna.trial.FrozenTrial) -> tuple[str, int] | None:

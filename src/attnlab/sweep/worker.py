@@ -75,6 +75,54 @@ def work(study: Study, url: str, worker: str = "worker-0", wait_for_others: bool
         done += 1
 
 
+def suggest(trial: optuna.Trial, key: str, spec: dict[str, Any]) -> Any:
+    if "choices" in spec:
+        return trial.suggest_categorical(key, spec["choices"])
+    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    if isinstance(low, int) and isinstance(high, int) and not log:
+        return trial.suggest_int(key, low, high)
+    return trial.suggest_float(key, float(low), float(high), log=log)
+
+
+def tune(study: Study, url: str, worker: str = "worker-0", threads: int | None = None) -> int:
+    """Sample, train and (maybe) prune trials until the study holds n_trials of them, counted
+    over every worker (MaxTrialsCallback). Heartbeats and stale-trial reruns come from the
+    RDB storage inside `optimize`."""
+    from attnlab.sweep.pruning import MONITORS, PruneOnValidation
+    from attnlab.train.run import train
+
+    ostudy = open_study(study, url)
+    print(f"[{worker}] tuning study {study.name!r} on {redact(url)}", flush=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {key: suggest(trial, key, spec) for key, spec in study.space.items()}
+        config = study.tuned_config(params, trial.number)
+        if threads:
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
+        trial.set_user_attr("worker", worker)
+        extra = {"study": study.name, "row": f"t{trial.number}", "trial_number": trial.number,
+                 "trial_id": trial._trial_id, "changes": params}
+        try:
+            result = train(config, extra=extra, callbacks=[PruneOnValidation(trial, MONITORS[study.metric])])
+        except FloatingPointError as error:
+            trial.set_user_attr("fail_kind", "diverged")
+            trial.set_user_attr("fail_reason", str(error))
+            raise
+        for key in RESULT_ATTRS:
+            if key in result:
+                trial.set_user_attr(key, result[key])
+        return result[study.metric]
+
+    # The budget counts trials in every state, over all workers. MaxTrialsCallback stops a worker
+    # after a trial ends; the remaining count stops one that starts with the budget spent. Workers
+    # starting trials at the same moment can still overshoot by at most one trial each.
+    remaining = study.n_trials - len(ostudy.get_trials(deepcopy=False))
+    if remaining > 0:
+        budget = optuna.study.MaxTrialsCallback(study.n_trials, states=None)
+        ostudy.optimize(objective, n_trials=remaining, callbacks=[budget], catch=(Exception,))
+    return sum(1 for t in ostudy.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker)
+
+
 def summary(ostudy: optuna.Study) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for t in ostudy.get_trials(deepcopy=False):

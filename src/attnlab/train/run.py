@@ -153,6 +153,13 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     failed, sync_command = True, None
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+        for callback in callbacks or []:  # a pruned trial skips the final evaluation
+            if hasattr(callback, "check_pruned"):
+                try:
+                    callback.check_pruned()
+                except Exception:  # optuna.TrialPruned: an ending, not a failure of the run
+                    failed = False
+                    raise
         if trainer.global_rank != 0:
             failed = False
             return {}

@@ -1,0 +1,37 @@
+"""Pruning hopeless tuning trials from their validation curve, also under DDP.
+
+optuna-integration's Lightning callback reports once per epoch; our validations run every n
+steps, so this one reports at the global step. Rank 0 reports and decides, every rank stops.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import optuna
+
+PRUNED_AT = "pruned_at_step"
+MONITORS = {"bleu": "val/bleu", "chrf": "val/chrf", "val_loss": "val/loss", "val_ppl": "val/ppl"}
+
+
+class PruneOnValidation(pl.Callback):
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        self.trial, self.monitor = trial, monitor
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        stop = False
+        if trainer.is_global_zero:
+            self.trial.report(float(value), step=trainer.global_step)
+            stop = self.trial.should_prune()
+            if stop:  # kept in storage: a spawned worker's flag would not reach the main process
+                self.trial.storage.set_trial_system_attr(self.trial._trial_id, PRUNED_AT, trainer.global_step)
+        if trainer.strategy.broadcast(stop):
+            trainer.should_stop = True
+
+    def check_pruned(self) -> None:
+        """Raise TrialPruned after fit when any validation decided to prune."""
+        step = self.trial.storage.get_trial_system_attrs(self.trial._trial_id).get(PRUNED_AT)
+        if step is not None:
+            raise optuna.TrialPruned(f"pruned at step {step}: {self.monitor} below the pruner's bar")
