@@ -269,3 +269,17 @@ def test_bad_search_space_is_reported(tmp_path, mirror):
     for expected in ["unknown key 'peak_lrr'", "model.n_heads=3", "space.model.dropout: expected",
                      "n_trials: 0 must be a positive integer", "pruner: 'asha' is not one of"]:
         assert expected in text, expected
+
+
+def test_paper_table3_study_is_the_papers_table():
+    from attnlab.paper import table3_rows
+
+    study = load_study(ROOT / "ablations" / "paper_table3.yaml")
+    assert study.paper_table3 and study.base.data.valid_split == "wmt14/newstest2013"
+    ours = {row.id: row for row in study.rows}
+    for paper in table3_rows():
+        row = ours[paper.id]
+        assert row.config.model == paper.model_config(), paper.id
+        if "label_smoothing" in paper.train:
+            assert row.config.train.label_smoothing == paper.train["label_smoothing"]
+    assert ours["big"].config.train.max_steps == 300_000 and ours["base"].config.train.max_steps == 100_000
