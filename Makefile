@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all bench clean
+.PHONY: install test test-all bench smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)  ## the default (fast) test suite
 
 test-all: $(STAMP)  ## every test, slow ones included
 	$(BIN)/python -m pytest -q -m ''
+
+smoke: $(STAMP)  ## the main job: the smoke ablation study (SQLite, offline W&B) and its status
+	$(BIN)/attnlab sweep run ablations/smoke.yaml
+	$(BIN)/attnlab sweep status ablations/smoke.yaml
 
 bench: $(STAMP)  ## training-step throughput against torch.nn.Transformer
 	$(BIN)/python bench/train_throughput.py

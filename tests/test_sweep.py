@@ -283,3 +283,26 @@ def test_paper_table3_study_is_the_papers_table():
         if "label_smoothing" in paper.train:
             assert row.config.train.label_smoothing == paper.train["label_smoothing"]
     assert ours["big"].config.train.max_steps == 300_000 and ours["base"].config.train.max_steps == 100_000
+
+
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, mirror):
+    rows = [{"id": "long", "train": {"max_steps": 400, "val_every_steps": 400, "checkpoint_every_steps": 5}}]
+    path = tiny_study(tmp_path, mirror, rows, name="interrupted")
+    env = {**os.environ, "ATTNLAB_HEARTBEAT_S": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "attnlab.cli", "sweep", "run", str(path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "studies" / "interrupted"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(run_dir.glob("*/checkpoints/step*.ckpt")):
+        time.sleep(0.5)
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=120) != 0
+    trials = trials_by_key(path)
+    interrupted = [t for v in trials.values() for t in v if t.state.name == "FAIL"]
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["fail_kind"] == "interrupted"
+    assert not [t for v in trials.values() for t in v if t.state.name == "RUNNING"]  # nothing left hanging
+    study = load_study(path)
+    url = storage_url(study)
+    assert enqueue_missing(open_study(study, url), study, url) == 1  # the interrupted row is queued again
+    work(study, url)
+    assert sorted(t.state.name for v in trials_by_key(path).values() for t in v) == ["COMPLETE", "COMPLETE", "FAIL"]

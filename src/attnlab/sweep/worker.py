@@ -36,7 +36,7 @@ def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: s
     with Heartbeat(ostudy, trial._trial_id):
         try:
             result = train(config, extra=extra)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1)
             _fail(ostudy, trial, "interrupted", "stopped by Ctrl-C; `attnlab sweep run` again resumes it")
             raise
         except FloatingPointError as error:
