@@ -5,7 +5,7 @@
 Overhead per trial, each part as a difference of two measured runs of identical 1-step trials:
   storage   (queue, claim, heartbeat, results as user attributes)  sweep, W&B off  - plain train()
   W&B       (offline run: init, logging, tables, images, finish)    sweep, W&B on   - sweep, W&B off
-  process   (a worker process: interpreter, imports)                 `python -m attnlab.cli sweep worker --help`
+  process   (a worker process: interpreter, torch, Lightning, W&B, Optuna imports)
 Then `attnlab sweep run ablations/smoke.yaml` with --workers 1 and --workers 2 (fresh folders).
 """
 
@@ -81,7 +81,7 @@ def main() -> None:
         plain = per_trial_plain(tiny_study(folder, args.trials, "disabled", "plain"))
         no_wandb = per_trial_sweep(tiny_study(folder, args.trials, "disabled", "sweep"))
         with_wandb = per_trial_sweep(tiny_study(folder, args.trials, "offline", "sweepwandb"))
-        process = timed([sys.executable, "-m", "attnlab.cli", "sweep", "worker", "--help"])
+        process = timed([sys.executable, "-c", "import attnlab.sweep.worker, attnlab.train.run"])
         print(f"per trial of 1 training step ({args.trials} trials each):")
         print(f"  plain train()           {plain:6.2f} s")
         print(f"  storage (sweep - plain) {no_wandb - plain:6.2f} s")
