@@ -163,6 +163,7 @@ def test_a_worker_killed_mid_trial_is_rerun_exactly_once(tmp_path, mirror):
     assert list(trials) == [key]
     rerun = next(t for t in trials[key] if t.state.name == "COMPLETE")
     assert rerun.user_attrs["worker"] == "rescuer" and rerun.system_attrs.get("failed_trial") is not None
+    assert "/checkpoints/step" in rerun.user_attrs["resumed_from"]  # it went on from the killed run's checkpoint
 
 
 @pytest.fixture
@@ -311,3 +312,29 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, mirror):
     assert enqueue_missing(open_study(study, url), study, url) == 1  # the interrupted row is queued again
     work(study, url)
     assert sorted(t.state.name for v in trials_by_key(path).values() for t in v) == ["COMPLETE", "FAIL"]
+
+
+def test_the_shipped_smoke_study_end_to_end(tmp_path, mirror):
+    """ablations/smoke.yaml itself (the README's main job), on real Multi30k, W&B offline."""
+    document = yaml.safe_load((ROOT / "ablations" / "smoke.yaml").read_text())
+    document["output_dir"] = str(tmp_path / "studies")
+    document["base"]["logging"]["wandb"] = "offline"
+    document["base"]["data"].update({"mirror": mirror, "cache_dir": str(tmp_path / "cache")})
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    out = subprocess.run([sys.executable, "-m", "attnlab.cli", "sweep", "run", str(path)], capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = trials_by_key(path)
+    assert sorted(trials) == [("base", 1), ("heads1", 1), ("prenorm", 1)]
+    for (row, seed), [trial] in trials.items():
+        assert trial.state.name == "COMPLETE" and trial.value == trial.user_attrs["bleu"]
+        result = json.loads(Path(trial.user_attrs["run_dir"], "result.json").read_text())
+        assert result["row"] == row and result["trial_number"] == trial.number and result["study"] == "smoke"
+        assert trial.user_attrs["wandb_run_id"] == result["wandb_run_id"]
+        from attnlab.train.wandb_offline import read_offline_run
+
+        [offline] = Path(trial.user_attrs["run_dir"], "wandb").glob("offline-run-*")
+        run = read_offline_run(offline)
+        assert (run["run"]["group"], run["run"]["job_type"]) == ("smoke", "trial") and row in run["run"]["tags"]
+        assert run["config"]["trial_number"] == trial.number and run["config"]["trial_id"] == trial._trial_id

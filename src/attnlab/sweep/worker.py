@@ -16,7 +16,7 @@ from attnlab.sweep.storage import Heartbeat, claim, heartbeat_interval, open_stu
 # result.json fields stored on the trial (Optuna user attributes) for status, export, reports.
 RESULT_ATTRS = ("bleu", "chrf", "sacrebleu_signature", "val_loss", "val_ppl", "params", "train_steps",
                 "train_tokens_per_s", "train_seconds", "wall_s", "peak_rss_mb", "run_dir", "wandb_run_id",
-                "splits", "attention")
+                "splits", "attention", "resumed_from")
 
 
 def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: str, threads: int | None = None) -> None:

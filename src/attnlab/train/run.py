@@ -175,6 +175,7 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
         wandb_id = logger.experiment.id if logger is not None and trainer.global_rank == 0 else None
         sync_command = finish(logger, failed) if trainer.global_rank == 0 else None
     result["wandb_run_id"], result["wandb_sync"] = wandb_id, sync_command
+    result["resumed_from"] = str(ckpt) if ckpt else None
     result.update(extra or {})
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     if sync_command and not config.logging.quiet:
