@@ -138,7 +138,7 @@ def test_cli_two_workers_share_an_sqlite_study(tmp_path, mirror):
 
 
 def test_a_worker_killed_mid_trial_is_rerun_exactly_once(tmp_path, mirror):
-    rows = [{"id": "slow", "train": {"max_steps": 400, "val_every_steps": 400, "checkpoint_every_steps": 5}}]
+    rows = [{"id": "slow", "train": {"max_steps": 2000, "val_every_steps": 2000, "checkpoint_every_steps": 20}}]
     path = tiny_study(tmp_path, mirror, rows, name="killed")
     document = yaml.safe_load(path.read_text())
     document["include_base"] = False  # only the slow row: the kill must land inside it
@@ -153,6 +153,7 @@ def test_a_worker_killed_mid_trial_is_rerun_exactly_once(tmp_path, mirror):
     run_dir = tmp_path / "studies" / "killed"
     while time.time() < deadline and not list(run_dir.glob("*/checkpoints/step*.ckpt")):
         time.sleep(0.5)
+    assert victim.poll() is None, "the trial ended before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert work(study, url, "rescuer") >= 1  # waits for the stale heartbeat, then reruns
@@ -289,7 +290,7 @@ def test_paper_table3_study_is_the_papers_table():
 
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, mirror):
-    rows = [{"id": "long", "train": {"max_steps": 400, "val_every_steps": 400, "checkpoint_every_steps": 5}}]
+    rows = [{"id": "long", "train": {"max_steps": 2000, "val_every_steps": 2000, "checkpoint_every_steps": 20}}]
     path = tiny_study(tmp_path, mirror, rows, name="interrupted")
     document = yaml.safe_load(path.read_text())
     document["include_base"] = False  # only the long row: Ctrl-C must land inside it
@@ -301,6 +302,7 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, mirror):
     deadline = time.time() + 120
     while time.time() < deadline and not list(run_dir.glob("*/checkpoints/step*.ckpt")):
         time.sleep(0.5)
+    assert worker.poll() is None, "the trial ended before it could be interrupted"
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=120) != 0
     trials = trials_by_key(path)
