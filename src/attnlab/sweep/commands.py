@@ -31,17 +31,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if study.tuning:
         print(f"tuning study {study.name!r}: {study.n_trials} trials, {study.sampler} sampler, "
               f"{study.pruner} pruner on {study.metric}; storage {redact(url)}", flush=True)
-        if args.workers == 1:
-            tune(study, url, "worker-0", threads=args.threads)
-        else:
-            _spawn_workers(args, url)
-        print(json.dumps(summary(ostudy)))
-        return 0
-    queued = enqueue_missing(ostudy, study, url, retry_failed=args.retry_failed)
-    print(f"study {study.name!r}: {len(study.rows)} rows x {len(study.seeds)} seeds = {len(study.trials())} trials; "
-          f"{queued} queued now; storage {redact(url)}", flush=True)
+    else:
+        queued = enqueue_missing(ostudy, study, url, retry_failed=args.retry_failed)
+        print(f"study {study.name!r}: {len(study.rows)} rows x {len(study.seeds)} seeds = {len(study.trials())} "
+              f"trials; {queued} queued now; storage {redact(url)}", flush=True)
     if args.workers == 1:
-        work(study, url, "worker-0", threads=args.threads)
+        (tune if study.tuning else work)(study, url, "worker-0", threads=args.threads)
     else:
         _spawn_workers(args, url)
     print(json.dumps(summary(ostudy)))
