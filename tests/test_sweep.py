@@ -296,8 +296,11 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, mirror):
     document["include_base"] = False  # only the long row: Ctrl-C must land inside it
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     env = {**os.environ, "ATTNLAB_HEARTBEAT_S": "1"}
+    # A shell that starts jobs in the background makes them ignore SIGINT, and children inherit
+    # that: restore the default so the worker gets Ctrl-C as a terminal would deliver it.
     worker = subprocess.Popen([sys.executable, "-m", "attnlab.cli", "sweep", "run", str(path)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_dir = tmp_path / "studies" / "interrupted"
     deadline = time.time() + 120
     while time.time() < deadline and not list(run_dir.glob("*/checkpoints/step*.ckpt")):
