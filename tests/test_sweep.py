@@ -343,3 +343,27 @@ def test_the_shipped_smoke_study_end_to_end(tmp_path, mirror):
         run = read_offline_run(offline)
         assert (run["run"]["group"], run["run"]["job_type"]) == ("smoke", "trial") and row in run["run"]["tags"]
         assert run["config"]["trial_number"] == trial.number and run["config"]["trial_id"] == trial._trial_id
+
+
+@pytest.mark.ddp
+def test_ddp_trials_in_a_tuning_study_with_pruning(tmp_path, mirror):
+    """Each trial over 2 CPU processes (ddp_spawn): the pruning callback runs in the spawned
+    ranks, its decision reaches the worker through storage, and a pruned trial ends PRUNED."""
+    from attnlab.sweep.worker import tune
+
+    path = tiny_study(tmp_path, mirror, [], name="ddptune", max_steps=12, val_every_steps=3, val_bleu=False,
+                      accelerator="cpu", devices=2, strategy="ddp_spawn")
+    document = yaml.safe_load(path.read_text())
+    document.update({"space": {"train.peak_lr": {"choices": [3e-3, 1e-7]}}, "n_trials": 4, "metric": "val_loss",
+                     "direction": "minimize", "pruner": "median", "sampler": "random"})
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    study = load_study(path)
+    # Three good trials first (the median pruner's startup trials), then a hopeless one.
+    ostudy = open_study(study, storage_url(study))
+    for lr in (3e-3, 3e-3, 3e-3, 1e-7):
+        ostudy.enqueue_trial({"train.peak_lr": lr})
+    tune(study, storage_url(study))
+    trials = open_study(study, storage_url(study)).get_trials(deepcopy=False)
+    states = [(t.params["train.peak_lr"], t.state.name) for t in trials]
+    assert states == [(3e-3, "COMPLETE")] * 3 + [(1e-7, "PRUNED")], states  # barely trained: above the median
+    assert all(t.intermediate_values for t in trials)

@@ -116,9 +116,11 @@ def tune(study: Study, url: str, worker: str = "worker-0", threads: int | None =
     # The budget counts trials in every state, over all workers. MaxTrialsCallback stops a worker
     # after a trial ends; the remaining count stops one that starts with the budget spent. Workers
     # starting trials at the same moment can still overshoot by at most one trial each.
-    remaining = study.n_trials - len(ostudy.get_trials(deepcopy=False))
+    # Queued (WAITING) trials, e.g. enqueued by hand, are run within the budget, not on top of it.
+    counted = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    remaining = study.n_trials - len(ostudy.get_trials(deepcopy=False, states=counted))
     if remaining > 0:
-        budget = optuna.study.MaxTrialsCallback(study.n_trials, states=None)
+        budget = optuna.study.MaxTrialsCallback(study.n_trials, states=counted)
         ostudy.optimize(objective, n_trials=remaining, callbacks=[budget], catch=(Exception,))
     return sum(1 for t in ostudy.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker)
 
