@@ -5,6 +5,7 @@ It never reads ablation fields: whatever `build_model` produced is trained the s
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -25,6 +26,11 @@ from attnlab.train.schedule import noam_scheduler, scale_for_peak
 Scorer = Callable[[dict[int, list[int]]], dict[str, float]]
 
 
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class TranslationModule(pl.LightningModule):
     def __init__(self, model: Transformer, train: TrainConfig, scorer: Scorer | None = None,
                  checkpoint_extra: dict[str, Any] | None = None, stats_path: str | None = None,
@@ -38,6 +44,14 @@ class TranslationModule(pl.LightningModule):
         self._last_step_time: float | None = None
         self.train_tokens = 0
         self.train_seconds = 0.0
+
+    def setup(self, stage: str) -> None:
+        # Spawned DDP ranks exit right after fit; a gloo process group still alive at interpreter
+        # exit can abort the rank ("terminate called without an active exception"; seen once in
+        # CI). Destroy it first.
+        if dist.is_available() and dist.is_initialized():
+            atexit.unregister(_destroy_process_group)  # once per process, however many runs
+            atexit.register(_destroy_process_group)
 
     # -- loss ------------------------------------------------------------------------------
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
