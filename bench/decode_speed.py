@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.config import DataConfig, ExperimentConfig, ModelConfig
+from attnlab.config import DataConfig, ModelConfig
 from attnlab.data.corpora import load_split
 from attnlab.data.datamodule import EncodedSplit, prepare
 from attnlab.model import beam_search, build_model

@@ -10,7 +10,6 @@ import pytest
 from attnlab.config import DataConfig
 from attnlab.data import tokenizer
 from attnlab.data.batching import TokenBatchSampler
-from attnlab.data.corpora import load_split
 from attnlab.data.datamodule import TranslationDataModule, prepare
 
 

@@ -332,7 +332,7 @@ def test_the_shipped_smoke_study_end_to_end(tmp_path, mirror):
     assert out.returncode == 0, out.stderr[-3000:]
     trials = trials_by_key(path)
     assert sorted(trials) == [("base", 1), ("heads1", 1), ("prenorm", 1)]
-    for (row, seed), [trial] in trials.items():
+    for (row, _), [trial] in trials.items():
         assert trial.state.name == "COMPLETE" and trial.value == trial.user_attrs["bleu"]
         result = json.loads(Path(trial.user_attrs["run_dir"], "result.json").read_text())
         assert result["row"] == row and result["trial_number"] == trial.number and result["study"] == "smoke"
