@@ -23,9 +23,9 @@ test: $(STAMP)  ## the default (fast) test suite
 test-all: $(STAMP)  ## every test, slow ones included
 	$(BIN)/python -m pytest -q -m ''
 
-smoke: $(STAMP)  ## the main job: the smoke ablation study (SQLite, offline W&B) and its status
+smoke: $(STAMP)  ## the main job: the smoke ablation study (SQLite, offline W&B) and its report
 	$(BIN)/attnlab sweep run ablations/smoke.yaml
-	$(BIN)/attnlab sweep status ablations/smoke.yaml
+	$(BIN)/attnlab report ablations/smoke.yaml --out reports/smoke
 
 bench: $(STAMP)  ## training-step throughput against torch.nn.Transformer
 	$(BIN)/python bench/train_throughput.py

@@ -60,37 +60,41 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=25000)
     parser.add_argument("--vocab", type=int, default=37000)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cpu only to dry-run this script with tiny --tokens")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark is for a GPU machine")
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
     config = ModelConfig()
     model = build_model(config, args.vocab).to(device).train()
     step_fn = torch.compile(model) if args.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9, fused=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9, fused=cuda)
     scheduler = noam_scheduler(optimizer, config.d_model, 4000)
     gen = torch.Generator().manual_seed(1)
     batches = [batch(args.tokens, args.vocab, device, gen) for _ in range(8)]
     times, tokens, flops = [], [], []
     for step in range(args.warmup + args.steps):
         src, tgt_in, tgt_out = batches[step % len(batches)]
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = step_fn(src, tgt_in)
         loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=0, label_smoothing=0.1)
         loss.backward()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
             real_tgt, real_src = int((tgt_out != 0).sum()), int((src != 0).sum())
             tokens.append(real_tgt)
             flops.append(model_flops(config, args.vocab, real_src, real_tgt, src.size(1), tgt_in.size(1), src.size(0)))
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name() if cuda else "cpu"
     median = statistics.median(times)
     tok_s = sum(tokens) / sum(times)
     achieved = sum(flops) / sum(times)
@@ -98,7 +102,7 @@ def main() -> None:
     print(f"{name}; base model {count_parameters(model) / 1e6:.1f}M parameters, vocabulary {args.vocab}, bf16 autocast"
           f"{', torch.compile' if args.compile else ''}")
     print(f"{args.steps} steps of ~{statistics.mean(tokens):,.0f} target tokens: median step {median * 1000:.0f} ms, "
-          f"{tok_s:,.0f} target tokens/s, peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+          f"{tok_s:,.0f} target tokens/s, peak memory {torch.cuda.max_memory_allocated() / 2**30 if cuda else 0:.1f} GiB")
     print(f"model FLOPs {achieved / 1e12:.1f} TFLOP/s" + (f" = {achieved / peak:.1%} MFU of {peak / 1e12:.0f} TFLOP/s"
                                                           if peak else " (peak unknown for this GPU)"))
     print(f"the paper: 8 P100s, ~0.4 s per step of ~25,000 tokens: ~{25000 / 0.4:,.0f} target tokens/s in all")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 
@@ -131,7 +132,6 @@ def test_cli_two_workers_share_an_sqlite_study(tmp_path, mirror):
     assert "4 of 4 trials complete" in status.stdout
     export = tmp_path / "trials.csv"
     subprocess.run([sys.executable, "-m", "attnlab.cli", "sweep", "export", str(path), "-o", str(export)], check=True)
-    import pandas as pd
 
     frame = pd.read_csv(export)
     assert len(frame) == 4 and set(frame["state"]) == {"COMPLETE"} and "bleu" in frame
@@ -343,6 +343,19 @@ def test_the_shipped_smoke_study_end_to_end(tmp_path, mirror):
         run = read_offline_run(offline)
         assert (run["run"]["group"], run["run"]["job_type"]) == ("smoke", "trial") and row in run["run"]["tags"]
         assert run["config"]["trial_number"] == trial.number and run["config"]["trial_id"] == trial._trial_id
+    # ... and its report, as `make smoke` writes it: real scores, deltas, significance, figures.
+    report = tmp_path / "report"
+    out = subprocess.run([sys.executable, "-m", "attnlab.cli", "report", str(path), "--out", str(report)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    variants = pd.read_csv(report / "variants.csv").set_index("row")
+    assert list(variants.index) == ["base", "heads1", "prenorm"] and (variants["seeds"] == 1).all()
+    for row, [trial] in ((row, t) for (row, _), t in trials.items()):
+        assert variants.loc[row, "bleu"] == pytest.approx(trial.user_attrs["bleu"])
+    assert variants.loc["heads1", "delta"] == pytest.approx(variants.loc["heads1", "bleu"] - variants.loc["base", "bleu"])
+    assert variants["p_value"].iloc[1:].between(0, 1).all()
+    md = (report / "README.md").read_text()
+    assert "3 of 3 trials complete." in md and "learning_curves.png" in md and "heads_prenorm.png" in md
 
 
 @pytest.mark.ddp

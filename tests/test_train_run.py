@@ -89,6 +89,20 @@ def test_offline_wandb_run_has_metrics_config_tables_and_images(finished_run):
     assert list((media / "table").glob("samples*.table.json"))
 
 
+def test_learning_curve_is_in_the_run_folder(finished_run):
+    from attnlab.train.history import read_history
+
+    _, result = finished_run
+    history = read_history(result["run_dir"])
+    train_steps = [h["step"] for h in history if "train/loss" in h]
+    val = [h for h in history if "val/loss" in h]
+    assert train_steps == list(range(1, 13))  # log_every_steps=1
+    assert [h["step"] for h in val] == [6, 12]  # val_every_steps=6
+    assert {"val/ppl", "val/bleu", "val/chrf"} <= set(val[-1])
+    assert val[-1]["val/loss"] == pytest.approx(result["val_loss"], rel=1e-4)
+    assert val[0]["train_seconds"] < val[1]["train_seconds"]
+
+
 def test_checkpoints_load_translate_and_average_to_identity(finished_run, tmp_path):
     _, result = finished_run
     checkpoints = step_checkpoints(Path(result["run_dir"]) / "checkpoints")

@@ -225,12 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
     from attnlab.sweep.commands import add_parser as add_sweep_parser
 
     add_sweep_parser(verbs)
+    from attnlab.report.command import add_parser as add_report_parser
+
+    add_report_parser(verbs)
     return parser
+
+
+# Verbs that train or decode for long: worth a faster, leaner malloc (attnlab/allocator.py).
+ALLOCATOR_VERBS = ("train", "sweep", "evaluate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if argv is None and args.verb in ALLOCATOR_VERBS:  # a real command line, not a call from Python
+            from attnlab.allocator import reexec_with_allocator
+
+            reexec_with_allocator(sys.argv[1:])
         return args.run(args)
     except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"attnlab: error: {error}", file=sys.stderr)

@@ -6,6 +6,7 @@
         hypotheses/<split>.txt  final translations, one per source line
         heatmaps/*.png       attention of a few fixed validation sentences
         attention.csv        statistics per kind, layer and head
+        metrics.jsonl        learning curve: training loss and every validation (train/history.py)
         result.json          scores, PPL, params, throughput, attention summary
         wandb/               the W&B run (offline runs: `wandb sync` it later)
 """
@@ -25,6 +26,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from attnlab import allocator
 from attnlab.analysis.attention import TABLE_COLUMNS, attention_statistics, head_importance, rows, summarise
 from attnlab.analysis.heatmaps import attention_heatmaps
 from attnlab.config import ExperimentConfig
@@ -33,6 +35,8 @@ from attnlab.data.tokenizer import Vocabulary
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.train.checkpoints import latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, score, translate
+from attnlab.train.history import FILE as HISTORY_FILE
+from attnlab.train.history import History
 from attnlab.train.module import TranslationModule
 from attnlab.train.tracking import finish, make_logger
 
@@ -52,7 +56,8 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl
         precision=t.precision, max_steps=t.max_steps if t.max_steps is not None else -1, max_epochs=t.max_epochs,
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
-        logger=logger if logger is not None else False, callbacks=[checkpoint, *callbacks],
+        logger=logger if logger is not None else False,
+        callbacks=[checkpoint, History(run_dir, t.log_every_steps), *callbacks],
         enable_progress_bar=config.logging.progress_bar and not config.logging.quiet,
         enable_model_summary=not config.logging.quiet, use_distributed_sampler=False,  # our sampler shards
         default_root_dir=str(run_dir), log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0, **val_interval,
@@ -150,6 +155,8 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab), **(extra or {})})
     trainer = _trainer(config, run_dir, logger, callbacks or [])
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if ckpt is None:
+        (run_dir / HISTORY_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh curve
     failed, sync_command = True, None
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
@@ -170,6 +177,7 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
         result = _final(config, model, vocab, data, run_dir, params, logger, totals)
         result["wall_s"] = round(time.perf_counter() - start, 1)
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["allocator"] = allocator.active() or "system"
         failed = False
     finally:
         wandb_id = logger.experiment.id if logger is not None and trainer.global_rank == 0 else None
