@@ -108,7 +108,8 @@ def test_table_holds_exactly_the_stored_numbers_deltas_and_markers(known_study, 
     assert v.loc["A1", "sig"] == "**" and v.loc["A1", "p_value"] < 0.01
     assert v.loc["C2", "delta"] == 0.0 and v.loc["C2", "p_value"] == 1.0 and v.loc["C2", "sig"] == ""
     assert v.loc["D1", "bleu"] == 33.0 and v.loc["D1", "seeds"] == 1 and v.loc["D1", "failed"] == 1
-    assert v.loc["D1", "delta"] == 2.0 and v.loc["D1", "chrf"] == 53.0
+    # Delta over the seeds both rows completed (seed 1: 33 - 30), the seeds the test pairs.
+    assert v.loc["D1", "delta"] == 3.0 and v.loc["D1", "chrf"] == 53.0
     assert v.loc["E1", "seeds"] == 0 and pd.isna(v.loc["E1", "bleu"]) and v.loc["E1", "pruned"] == 1
     # Only the fields rows change are columns; the base row shows the base's values.
     assert v.loc["base", "h"] == 4 and v.loc["A1", "h"] == 1 and pd.isna(v.loc["C2", "h"])
@@ -133,7 +134,7 @@ def test_every_format_is_written_and_consistent(known_study, tmp_path):
     out = tmp_path / "report"
     assert main(["report", study.path, "--out", str(out), "--samples", "500"]) == 0
     md = (out / "README.md").read_text()
-    assert "| A1    | 1   |" in md and "26.00 ± 1.41 (2)" in md and "-5.00**" in md and "+0.00" in md
+    assert "| A1    | 1   |" in md and "26.00 ± 1.41 (2)" in md and "-5.00**" in md and "+0.00" in md and "+3.00**" in md
     assert "paired bootstrap resampling" in md and "nrefs:1|bs:500|seed:12345" in md
     assert "tok:13a" in md  # the BLEU signature in the caption
     for figure in ("axis_h", "axis_N", "axis_P_drop", "learning_curves", "heads_base", "heads_A1"):
@@ -180,6 +181,9 @@ def test_significance_flags_a_clearly_better_system_not_identical_ones():
 def test_incomplete_study_reports_what_is_finished(known_study, tmp_path):
     study, _, _, _ = known_study
     empty_url = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(ValueError, match="holds no study named 'known'; it holds: none"):
+        build_report(study, empty_url, tmp_path / "empty-report", formats=("md",))  # a typo never creates one
+    open_study(study, empty_url)  # launched, nothing finished yet
     report = build_report(study, empty_url, tmp_path / "empty-report", formats=("md",))
     assert report.status[0] == "0 of 10 trials complete."
     assert "base/seed 1 (not queued)" in report.status[1]

@@ -35,8 +35,14 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 def status_lines(study: Study, frame: pd.DataFrame) -> list[str]:
     """What is finished, what is missing, and every failed or pruned trial with its reason."""
-    complete = int((frame["state"] == "COMPLETE").sum()) if len(frame) else 0
-    total = len(study.trials()) if not study.tuning else study.n_trials
+    if study.tuning:
+        complete, total = (int((frame["state"] == "COMPLETE").sum()) if len(frame) else 0), study.n_trials
+    else:
+        planned = {(row.id, seed) for row, seed in study.trials()}
+        done = set(zip(frame["row"], frame["seed"])) if len(frame) else set()
+        finished = {key for key in done if key in planned and
+                    (frame[(frame["row"] == key[0]) & (frame["seed"] == key[1])]["state"] == "COMPLETE").any()}
+        complete, total = len(finished), len(planned)
     lines = [f"{complete} of {total} trials complete."]
     missing = missing_trials(study, frame)
     if missing:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from attnlab.sweep.pruning import PRUNED_AT
 from attnlab.sweep.spec import Study, _flatten
-from attnlab.sweep.storage import open_study
+from attnlab.sweep.storage import redact
 
 # Scalars every complete trial carries (worker.RESULT_ATTRS), as frame columns.
 SCALARS = ("bleu", "chrf", "val_loss", "val_ppl", "params", "train_steps", "train_tokens_per_s", "train_seconds",
@@ -25,16 +25,28 @@ def _reason(trial: optuna.trial.FrozenTrial) -> str:
         kind = trial.user_attrs.get("fail_kind", "error")
         return f"{kind}: {trial.user_attrs.get('fail_reason', 'no reason stored')}"
     if trial.state == TrialState.PRUNED:
-        step = trial.system_attrs.get(PRUNED_AT) or (max(trial.intermediate_values) if trial.intermediate_values else None)
+        step = trial.system_attrs.get(PRUNED_AT)
+        if step is None and trial.intermediate_values:
+            step = max(trial.intermediate_values)
         value = trial.intermediate_values.get(step) if step is not None else None
         return f"pruned at step {step}" + (f" (validation value {value:.2f})" if value is not None else "")
     return ""
 
 
+def load_trials(study: Study, url: str) -> list[optuna.trial.FrozenTrial]:
+    """The stored trials; a study missing from the storage is an error (never created here)."""
+    try:
+        return optuna.load_study(study_name=study.name, storage=url).get_trials(deepcopy=False)
+    except KeyError:
+        names = optuna.get_all_study_names(storage=url)
+        raise ValueError(f"the storage {redact(url)} holds no study named {study.name!r}; it holds: "
+                         f"{', '.join(names) or 'none'} (run `attnlab sweep run` first, or check --storage)") from None
+
+
 def trial_frame(study: Study, url: str) -> pd.DataFrame:
     """Every trial of the study: row, seed, state, reason, result scalars, per-split BLEU, changes."""
     records: list[dict[str, Any]] = []
-    for t in open_study(study, url).get_trials(deepcopy=False):
+    for t in load_trials(study, url):
         params = t.system_attrs.get("fixed_params") or t.params
         row = params.get("row", f"t{t.number}" if study.tuning else None)
         seed = params.get("seed", t.user_attrs.get("seed"))
@@ -79,7 +91,7 @@ def missing_trials(study: Study, frame: pd.DataFrame) -> list[tuple[str, int, st
 
 def run_path(run_dir: str | None, study: Study) -> Path | None:
     """A trial's run folder; stored paths may be relative to where the worker ran."""
-    if not run_dir:
+    if not isinstance(run_dir, str) or not run_dir:  # missing: None, or NaN in a pandas column
         return None
     path = Path(run_dir)
     if path.exists():

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attnlab.report.collect import run_path  # noqa: E402
-from attnlab.report.tables import KINDS, Tables, short_name  # noqa: E402
+from attnlab.report.tables import KINDS, Tables, config_value, short_name  # noqa: E402
 from attnlab.sweep.spec import Study  # noqa: E402
 from attnlab.train.history import read_history  # noqa: E402
 
@@ -50,7 +50,9 @@ def axis_figures(study: Study, tables: Tables, frame: pd.DataFrame, directory: P
             changed = json.loads(trials["changes"].iloc[0]) if len(trials) else None
             if trials.empty or not (row == "base" or set(changed) == {key}):
                 continue
-            value = changed[key] if row != "base" else _base_value(study, key)
+            value = changed[key] if row != "base" else config_value(study.base, key)
+            if not isinstance(value, (int, float, str, bool)):
+                value = json.dumps(value)  # lists (e.g. adam_betas) plot as categories
             for _, t in trials.iterrows():
                 points.append({"row": row, short_name(key): value, "seed": t["seed"], "bleu": float(t[score])})
         rows = {p["row"] for p in points}
@@ -58,7 +60,7 @@ def axis_figures(study: Study, tables: Tables, frame: pd.DataFrame, directory: P
             continue
         data = pd.DataFrame(points)
         x = short_name(key)
-        stats = data.groupby(["row", x], sort=False)["bleu"].agg(["mean", "std", "count"]).reset_index()
+        stats = data.groupby(["row", x], sort=False, dropna=False)["bleu"].agg(["mean", "std", "count"]).reset_index()
         numeric = pd.api.types.is_numeric_dtype(stats[x]) and stats[x].notna().all()
         stats = stats.sort_values(x) if numeric else stats
         fig, ax = plt.subplots(figsize=(4.2, 3.2))
@@ -77,13 +79,6 @@ def axis_figures(study: Study, tables: Tables, frame: pd.DataFrame, directory: P
         ax.grid(alpha=0.3)
         paths.append(_save(fig, data, directory, f"axis_{_safe(x)}"))
     return paths
-
-
-def _base_value(study: Study, key: str):
-    node = study.base
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def learning_curves(study: Study, frame: pd.DataFrame, directory: Path) -> Path | None:

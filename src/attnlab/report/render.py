@@ -22,7 +22,7 @@ def _num(value: Any, digits: int = 2, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def display_frame(tables: Tables, link=None) -> pd.DataFrame:
+def display_frame(tables: Tables, link=None, escape=lambda text: text) -> pd.DataFrame:
     """The variant table as text cells: BLEU "mean ± std (n)", delta with its marker; with
     `link(text, url)` and W&B links, a column linking each seed's run."""
     v = tables.variants
@@ -50,8 +50,12 @@ def display_frame(tables: Tables, link=None) -> pd.DataFrame:
             record["paper ΔBLEU"] = _num(r["paper_delta"], 1, signed=True)
         if link and tables.links:
             record["W&B"] = " ".join(link(f"s{seed}", url) for seed, url in tables.links.get(r["row"], []))
-        records.append(record)
+        records.append({k: escape(v) if k != "W&B" else v for k, v in record.items()})
     return pd.DataFrame.from_records(records)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|")  # a bare | would start a new column
 
 
 def attention_display(tables: Tables) -> pd.DataFrame:
@@ -70,7 +74,8 @@ def attention_display(tables: Tables) -> pd.DataFrame:
 def caption(study_name: str, tables: Tables, beam: int) -> str:
     test = TESTS.get(tables.test_signature.split("|")[1].split(":")[0], "") if tables.test_signature else ""
     parts = [f"{study_name}: BLEU on {tables.split} (beam {beam}), mean ± std over seeds (number of seeds); "
-             f"PPL on the validation split; params in millions. ΔBLEU against the base row; "
+             f"PPL on the validation split; params in millions. ΔBLEU: mean over the seeds both rows completed "
+             f"of (row - base); "
              f"* p < {ALPHA}, ** p < 0.01"]
     if test:
         parts.append(f"by sacreBLEU's {test} on the seed-matched hypotheses ({tables.test_signature})")
@@ -86,7 +91,7 @@ def markdown(title: str, description: str, tables: Tables, cap: str, status: lis
     if description:
         lines += [description, ""]
     lines += status + [""] if status else []
-    lines += ["## Variants", "", display_frame(tables, lambda text, url: f"[{text}]({url})").to_markdown(
+    lines += ["## Variants", "", display_frame(tables, lambda text, url: f"[{text}]({url})", _md_cell).to_markdown(
         index=False, disable_numparse=True), "", cap, ""]
     if tables.agreement:
         lines += [f"**Against the paper:** {tables.agreement}", ""]
@@ -105,7 +110,8 @@ def markdown(title: str, description: str, tables: Tables, cap: str, status: lis
 
 # -- LaTeX ------------------------------------------------------------------------------------
 TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+               "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}  # OT1 prints <>| wrongly
 TEX_HEADERS = {"N": "$N$", "d_model": "$d_{model}$", "d_ff": "$d_{ff}$", "h": "$h$", "d_k": "$d_k$", "d_v": "$d_v$",
                "P_drop": "$P_{drop}$", "eps_ls": r"$\epsilon_{ls}$", "ΔBLEU": r"$\Delta$BLEU",
                "paper ΔBLEU": r"paper $\Delta$BLEU", "p": "$p$"}
@@ -155,7 +161,8 @@ def html_page(title: str, description: str, tables: Tables, cap: str, status: li
         parts.append(f"<p>{html.escape(description)}</p>")
     if status:
         parts.append("<div class='status'>" + "".join(f"<p>{html.escape(s.lstrip('- '))}</p>" for s in status) + "</div>")
-    frame = display_frame(tables, lambda text, url: f"<a href='{html.escape(url)}'>{html.escape(text)}</a>")
+    frame = display_frame(tables, lambda text, url: f"<a href='{html.escape(url)}'>{html.escape(text)}</a>",
+                          html.escape)  # cells escaped here, so to_html(escape=False) keeps only the links raw
     parts.append("<h2>Variants</h2>" + frame.to_html(index=False, classes="variants", border=0, escape=False))
     parts.append(f"<p class='caption'>{html.escape(cap)}</p>")
     if tables.agreement:

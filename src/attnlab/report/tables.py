@@ -30,10 +30,19 @@ def short_name(dotted: str) -> str:
     return SHORT_NAMES.get(dotted, dotted.split(".")[-1])
 
 
-def _value(config: Any, dotted: str) -> Any:
+# Fields whose None means "derived": the base row shows the derived value.
+DERIVED = {"model.d_k": "key_dim", "model.d_v": "value_dim"}
+
+
+def config_value(config: Any, dotted: str) -> Any:
+    """The value of a dotted field in a config (dataclasses and dicts), derived values resolved."""
     node = config
     for part in dotted.split("."):
-        node = getattr(node, part)
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+        if node is None:
+            break
+    if node is None and dotted in DERIVED:
+        return getattr(config.model, DERIVED[dotted])
     return node
 
 
@@ -96,7 +105,11 @@ def significance_against_base(study: Study, complete: pd.DataFrame, split: str, 
             notes.append(f"{row}: hypotheses files missing, no significance test")
             continue
         references = references or _references(study, split)
-        results[row] = paired_test([b for b, _ in pairs], [s for _, s in pairs], references, test, samples)
+        try:
+            results[row] = paired_test([b for b, _ in pairs], [s for _, s in pairs], references, test, samples)
+        except ValueError as error:  # e.g. a row that changes the evaluation data
+            results[row] = None
+            notes.append(f"{row}: no significance test ({error})")
     return results, notes
 
 
@@ -132,11 +145,13 @@ def variant_table(study: Study, frame: pd.DataFrame, split: str | None = None, t
     base_bleu = None
     for r in row_ids:
         trials = complete[complete["row"] == r] if len(complete) else complete
+        if len(trials):
+            trials = trials[trials[score].notna()]  # e.g. a split some trials did not score
         all_trials = frame[frame["row"] == r] if len(frame) else frame
         record: dict[str, Any] = {"row": r}
         for key in varied:
             if r == "base":
-                record[short_name(key)] = _fmt_change(_value(study.base, key))
+                record[short_name(key)] = _fmt_change(config_value(study.base, key))
             else:
                 record[short_name(key)] = _fmt_change(changes[r].get(key)) if key in changes[r] else None
         n = len(trials)
@@ -144,7 +159,7 @@ def variant_table(study: Study, frame: pd.DataFrame, split: str | None = None, t
         record.update({
             "params_M": float(trials["params"].iloc[0]) / 1e6 if n else None,
             "ppl": float(trials["val_ppl"].mean()) if n else None,
-            "ppl_std": float(trials["val_ppl"].std()) if n > 1 else None,
+            "ppl_std": float(trials["val_ppl"].std()) if n > 1 and trials["val_ppl"].notna().all() else None,
             "bleu": float(scores.mean()) if n else None,
             "bleu_std": float(scores.std()) if n > 1 else None,
             "seeds": n,
@@ -165,21 +180,32 @@ def variant_table(study: Study, frame: pd.DataFrame, split: str | None = None, t
                                      if p and r != "base" and p.bleu_dev is not None else None)
         records.append(record)
     for record in records:
-        record["delta"] = (record["bleu"] - base_bleu if record["bleu"] is not None and base_bleu is not None
-                           and record["row"] != "base" else None)
+        record["delta"] = _delta(complete, record["row"], score) if base_bleu is not None else None
     columns = ["row", *[short_name(k) for k in varied], "params_M", "ppl", "ppl_std", "bleu", "bleu_std", "seeds",
                "chrf", "delta", "p_value", "sig", "failed", "pruned"]
     if paper:
         columns += ["paper_ppl", "paper_bleu", "paper_delta"]
     variants = pd.DataFrame.from_records(records, columns=columns)
     signatures = [s.signature for s in sig.values() if s]
-    bleu_signature = next((s for s in complete.get("sacrebleu_signature", []) if s), "") if score == "bleu" else ""
+    bleu_signature = next((s for s in complete.get("sacrebleu_signature", []) if isinstance(s, str) and s), "") \
+        if score == "bleu" else ""
     tables = Tables(split=split, varied=varied, variants=variants, attention=attention_table(study, complete),
                     significance=sig, test_signature=signatures[0] if signatures else "",
                     bleu_signature=bleu_signature, notes=notes)
     if paper:
         tables.agreement = agreement(variants)
     return tables
+
+
+def _delta(complete: pd.DataFrame, row: str, score: str) -> float | None:
+    """Mean over the seeds both the row and the base completed of (row - base): the same seeds
+    the significance test pairs, so the delta's sign and its marker always agree."""
+    if row == "base" or not len(complete):
+        return None
+    ours = complete[(complete["row"] == row) & complete[score].notna()].groupby("seed")[score].mean()
+    base = complete[(complete["row"] == "base") & complete[score].notna()].groupby("seed")[score].mean()
+    common = ours.index.intersection(base.index)
+    return float((ours[common] - base[common]).mean()) if len(common) else None
 
 
 def agreement(variants: pd.DataFrame) -> str:
@@ -206,7 +232,7 @@ def _head_importance(study: Study, trials: pd.DataFrame, top: int = 3) -> str:
     heads = pd.concat(frames).groupby(["kind", "layer", "head"], as_index=False)["importance"].mean()
     heads = heads.dropna().sort_values("importance", ascending=False).head(top)
     short = {"encoder_self": "enc", "decoder_self": "dec", "cross": "x"}
-    return ", ".join(f"{short[k]} L{int(l)}H{int(h)} (+{v:.3f})" for k, l, h, v in heads.itertuples(index=False))
+    return ", ".join(f"{short[k]} L{int(l)}H{int(h)} ({v:+.3f})" for k, l, h, v in heads.itertuples(index=False))
 
 
 def attention_table(study: Study, complete: pd.DataFrame) -> pd.DataFrame:
@@ -237,7 +263,8 @@ def wandb_links(study: Study, frame: pd.DataFrame) -> dict[str, list[tuple[int, 
     complete = frame[(frame["state"] == "COMPLETE") & frame["wandb_run_id"].notna()] if len(frame) else frame
     for _, t in complete.iterrows():
         url = f"https://wandb.ai/{entity}/{study.base.logging.project}/runs/{t['wandb_run_id']}"
-        links.setdefault(t["row"], []).append((int(t["seed"]), url))
+        label = int(t["seed"]) if pd.notna(t["seed"]) else int(t["number"])  # tuning trials have no seed
+        links.setdefault(t["row"], []).append((label, url))
     return links
 
 
