@@ -37,7 +37,8 @@ def display_frame(tables: Tables, link=None, escape=lambda text: text) -> pd.Dat
                 value = int(value)  # a column with blanks turns ints into floats: show 4, not 4.0
             record[col] = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
         seeds = int(r["seeds"])
-        record["params (M)"] = _num(r["params_M"], 1)
+        small = r["params_M"] is not None and not math.isnan(r["params_M"]) and r["params_M"] < 10
+        record["params (M)"] = _num(r["params_M"], 2 if small else 1)
         record["PPL (dev)"] = _num(r["ppl"]) + (f" ± {r['ppl_std']:.2f}" if seeds > 1 else "")
         bleu = _num(r["bleu"]) + (f" ± {r['bleu_std']:.2f}" if seeds > 1 else "")
         record["BLEU"] = f"{bleu} ({seeds})" if seeds else "not run" if not r["failed"] + r["pruned"] else "no result"
