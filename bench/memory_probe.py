@@ -22,7 +22,7 @@ from pathlib import Path
 
 LIBS = "/usr/lib/x86_64-linux-gnu"
 DEFAULT_VARIANTS = [
-    "glibc=",
+    "glibc=LD_PRELOAD=",  # cleared: the reference is the system's malloc
     f"jemalloc=LD_PRELOAD={LIBS}/libjemalloc.so.2",
     f"tcmalloc=LD_PRELOAD={LIBS}/libtcmalloc_minimal.so.4",
 ]

@@ -46,8 +46,9 @@ def active() -> str | None:
     return next((p for p in preload.split(":") if "malloc" in Path(p).name), None)
 
 
-def reexec_with_allocator(argv: list[str]) -> None:
-    """Replace this process by `python -m attnlab.cli argv` with the allocator preloaded (once)."""
+def reexec_with_allocator(argv: list[str] | None = None) -> None:
+    """Replace this process by `python -m attnlab.cli argv` (argv None: the same command line,
+    for scripts such as the benchmarks) with the allocator preloaded (once)."""
     if active() or os.environ.get(f"{ENV}_DONE") or not sys.platform.startswith("linux"):
         return
     library = find_allocator()
@@ -57,4 +58,5 @@ def reexec_with_allocator(argv: list[str]) -> None:
            f"{ENV}_DONE": "1"}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "attnlab.cli", *argv], env)
+    command = [sys.executable, "-m", "attnlab.cli", *argv] if argv is not None else [sys.executable, *sys.orig_argv[1:]]
+    os.execve(sys.executable, command, env)
