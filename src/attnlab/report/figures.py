@@ -126,14 +126,14 @@ def head_heatmaps(study: Study, frame: pd.DataFrame, directory: Path) -> list[Pa
         data.insert(0, "row", row)
         layers, heads = int(data["layer"].max()) + 1, int(data["head"].max()) + 1
         fig, axes = plt.subplots(len(KINDS), len(HEAD_STATS), squeeze=False,
-                                 figsize=(2.2 * len(HEAD_STATS) + max(0, heads - 8) * 0.25, 1.1 * len(KINDS) * max(layers, 2) / 2 + 1))
+                                 figsize=(2.6 * len(HEAD_STATS) + max(0, heads - 8) * 0.25, 1.1 * len(KINDS) * max(layers, 2) / 2 + 1))
         for i, kind in enumerate(KINDS):
             part = data[data["kind"] == kind]
             for j, stat in enumerate(HEAD_STATS):
                 ax = axes[i][j]
                 grid = part.pivot(index="layer", columns="head", values=stat).reindex(range(layers))
                 image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis")
-                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
                 ax.set_xticks(range(heads))
                 ax.set_yticks(range(layers))
                 ax.tick_params(labelsize=6)
