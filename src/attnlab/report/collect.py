@@ -98,3 +98,16 @@ def run_path(run_dir: str | None, study: Study) -> Path | None:
         return path
     candidate = Path(study.output_dir) / study.name / path.name
     return candidate if candidate.exists() else None
+
+
+def head_statistics(study: Study, trials: pd.DataFrame) -> pd.DataFrame | None:
+    """Per-head statistics (attention.csv) of the trials' runs, averaged over seeds per
+    (kind, layer, head); None when no run folder holds them."""
+    frames = []
+    for _, trial in trials.iterrows():
+        folder = run_path(trial.get("run_dir"), study)
+        if folder and (folder / "attention.csv").exists():
+            frames.append(pd.read_csv(folder / "attention.csv"))
+    if not frames:
+        return None
+    return pd.concat(frames).groupby(["kind", "layer", "head"], as_index=False).mean(numeric_only=True)

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from attnlab.report.collect import run_path  # noqa: E402
+from attnlab.report.collect import head_statistics, run_path  # noqa: E402
 from attnlab.report.tables import KINDS, Tables, config_value, short_name  # noqa: E402
 from attnlab.sweep.spec import Study  # noqa: E402
 from attnlab.train.history import read_history  # noqa: E402
@@ -115,14 +115,10 @@ def head_heatmaps(study: Study, frame: pd.DataFrame, directory: Path) -> list[Pa
     complete = frame[frame["state"] == "COMPLETE"] if len(frame) else frame
     paths = []
     for row, trials in complete.groupby("row", sort=False) if len(complete) else []:
-        frames = []
-        for _, trial in trials.iterrows():
-            folder = run_path(trial.get("run_dir"), study)
-            if folder and (folder / "attention.csv").exists():
-                frames.append(pd.read_csv(folder / "attention.csv"))
-        if not frames:
+        data = head_statistics(study, trials)
+        if data is None:
             continue
-        data = pd.concat(frames).groupby(["kind", "layer", "head"], as_index=False)[list(HEAD_STATS)].mean()
+        data = data[["kind", "layer", "head", *HEAD_STATS]]
         data.insert(0, "row", row)
         layers, heads = int(data["layer"].max()) + 1, int(data["head"].max()) + 1
         fig, axes = plt.subplots(len(KINDS), len(HEAD_STATS), squeeze=False,

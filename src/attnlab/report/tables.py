@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from attnlab.paper import table3_rows
-from attnlab.report.collect import run_path
+from attnlab.report.collect import head_statistics, run_path
 from attnlab.report.significance import Significance, marker, paired_test
 from attnlab.sweep.spec import Study, _flatten
 
@@ -224,15 +224,10 @@ def agreement(variants: pd.DataFrame) -> str:
 
 def _head_importance(study: Study, trials: pd.DataFrame, top: int = 3) -> str:
     """The heads whose masking raises the validation loss most, averaged over seeds."""
-    frames = []
-    for _, trial in trials.iterrows():
-        folder = run_path(trial.get("run_dir"), study)
-        if folder and (folder / "attention.csv").exists():
-            frames.append(pd.read_csv(folder / "attention.csv"))
-    if not frames:
+    heads = head_statistics(study, trials)
+    if heads is None:
         return ""
-    heads = pd.concat(frames).groupby(["kind", "layer", "head"], as_index=False)["importance"].mean()
-    heads = heads.dropna().sort_values("importance", ascending=False).head(top)
+    heads = heads[["kind", "layer", "head", "importance"]].dropna().sort_values("importance", ascending=False).head(top)
     short = {"encoder_self": "enc", "decoder_self": "dec", "cross": "x"}
     return ", ".join(f"{short[k]} L{int(l)}H{int(h)} ({v:+.3f})" for k, l, h, v in heads.itertuples(index=False))
 
