@@ -10,11 +10,12 @@ import pytest
 import yaml
 
 from attnlab.allocator import ENV, find_allocator
+from attnlab.errors import ConfigError
 
 
 def test_setting_system_means_no_preload_and_a_bad_path_is_an_error(tmp_path):
     assert find_allocator("system") is None
-    with pytest.raises(FileNotFoundError, match="ATTNLAB_ALLOCATOR='/nope.so': no such file; use auto, system"):
+    with pytest.raises(ConfigError, match="ATTNLAB_ALLOCATOR='/nope.so': no such file; use auto, system"):
         find_allocator("/nope.so")
     lib = tmp_path / "libfake_malloc.so"
     lib.write_bytes(b"")

@@ -56,3 +56,45 @@ def test_unknown_key_suggests_the_closest():
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ModelConfig().d_model = 3
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"d_model": "512"}, ["model.d_model='512' must be an integer"]),
+    ({"dropout": "high"}, ["model.dropout='high' must be a number"]),
+    ({"n_layers": 2.0}, ["model.n_layers=2.0 must be an integer"]),
+    ({"n_layers": True}, ["model.n_layers=True must be an integer"]),  # YAML's yes is not a count
+    ({"d_k": "64"}, ["model.d_k='64' must be an integer or null"]),
+    ({"positional": "sine", "d_ff": "x"}, ["positional='sine' must be one of", "model.d_ff='x'"]),  # both at once
+])
+def test_values_of_the_wrong_type_name_the_path_and_the_type(values, words):
+    from attnlab.config import ExperimentConfig
+
+    with pytest.raises(ConfigError) as error:
+        ExperimentConfig.from_dict({"model": values}, where="row wide")
+    for word in words:
+        assert word in str(error.value)
+    assert all(line.startswith("row wide: ") for line in str(error.value).splitlines())
+
+
+def test_types_are_checked_however_a_config_is_built():
+    from attnlab.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="TrainConfig.max_steps='10' must be an integer or null"):
+        TrainConfig(max_steps="10")
+    with pytest.raises(ConfigError, match="DecodeConfig.beam_size=4.5 must be an integer"):
+        dataclasses.replace(DecodeConfig(), beam_size=4.5)
+
+
+def test_yaml_reads_exponents_as_numbers():
+    """YAML 1.1 reads `1e-3` as a string; configs read it as the learning rate it is."""
+    from attnlab.fields import parse_yaml
+
+    assert parse_yaml("lr: 1e-3\nwd: 5E+2\nname: 1e3x\n") == {"lr": 0.001, "wd": 500.0, "name": "1e3x"}
+
+
+def test_flatten_and_unflatten_are_inverse():
+    from attnlab.fields import flatten, unflatten
+
+    nested = {"model": {"n_heads": 4, "d_k": None}, "data": {"custom_files": {"train": "a,b"}}, "name": "x"}
+    assert flatten(nested) == {"model.n_heads": 4, "model.d_k": None, "data.custom_files.train": "a,b", "name": "x"}
+    assert unflatten(flatten(nested)) == nested

@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from attnlab.errors import ConfigError
+
 ENV = "ATTNLAB_ALLOCATOR"
 CANDIDATES = {
     "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
@@ -30,7 +32,7 @@ def find_allocator(setting: str | None = None) -> str | None:
         return None
     if setting != "auto":
         if not Path(setting).is_file():
-            raise FileNotFoundError(f"{ENV}={setting!r}: no such file; use auto, system or a library path")
+            raise ConfigError(f"{ENV}={setting!r}: no such file; use auto, system or a library path")
         return setting
     for names in CANDIDATES.values():
         for folder in LIB_DIRS:

@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Any, Sequence
 
 import yaml
 
-from attnlab.config import ConfigError, ModelConfig
-from attnlab.data.fetch import DataError
+from attnlab.config import CONFIG_SHAPE, ConfigError, ExperimentConfig
+from attnlab.errors import AttnlabError
+from attnlab.fields import from_dict, parse_overrides, problems_of, read_yaml, set_path
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`key=value` pairs; values are read as YAML scalars (4 -> int, 0.1 -> float, pre -> str)."""
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected key=value, for example --set n_heads=4")
-        values[key.strip()] = yaml.safe_load(raw)
-    return values
+def _check_file(path: str | None, values: dict[str, Any]) -> None:
+    """Keys and types of a config file on their own, so their faults name the file, not --set."""
+    problems = problems_of(ExperimentConfig, values)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
+
+
+def section_config(path: str | None, overrides: Sequence[str], section: str) -> Any:
+    """One section (`model`, `data`) of a YAML config file plus --set overrides, checked with the
+    same dotted names as a whole config (`data.vocab_size`); bare names are allowed in --set."""
+    values: dict[str, Any] = {section: read_yaml(path, CONFIG_SHAPE).get(section) or {}} if path else {section: {}}
+    _check_file(path, values)
+    changes = parse_overrides(overrides, ExperimentConfig, section=section)
+    for key, value in changes.items():
+        set_path(values, key, value)
+    where = " + ".join(w for w in (path, "--set" if changes else "") if w) or "--set"
+    return getattr(from_dict(ExperimentConfig, values, where), section)
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -38,7 +48,7 @@ def cmd_model(args: argparse.Namespace) -> int:
                 n = count_parameters(build_model(row.model_config(), args.vocab)) / 1e6
             print(f"{row.id:5} {n:9.2f} {row.params_millions:9.0f}  {row.model or ''} {row.train or ''}")
         return 0
-    config = ModelConfig.from_dict(parse_overrides(args.set), where="--set")
+    config = section_config(None, args.set, "model")
     with torch.device("meta"):
         n = count_parameters(build_model(config, args.vocab))
     print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).rstrip())
@@ -46,41 +56,14 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_yaml(path: str) -> dict[str, Any]:
-    """A YAML mapping from a file; a missing or malformed file is a ConfigError naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            document = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping with model/data/train/decode/logging sections")
-    return document
-
-
-def load_yaml_section(path: str | None, section: str) -> dict[str, Any]:
-    """The `section:` mapping of a YAML config file (empty without a file)."""
-    if path is None:
-        return {}
-    document = read_yaml(path)
-    if not isinstance(document.get(section, {}), dict):
-        raise ConfigError(f"{path}: {section!r} must be a mapping")
-    return dict(document.get(section) or {})
-
-
 def cmd_data(args: argparse.Namespace) -> int:
     """Download/check the corpus, train the vocabulary, print what was kept and dropped."""
     import json
     import time
 
-    from attnlab.config import DataConfig
     from attnlab.data.datamodule import prepare
 
-    values = load_yaml_section(args.config, "data")
-    values.update(parse_overrides(args.set))
-    config = DataConfig.from_dict(values, where=f"{args.config or '--set'} (data)")
+    config = section_config(args.config, args.set, "data")
     start = time.perf_counter()
     summary = prepare(config).summary()
     summary["seconds"] = round(time.perf_counter() - start, 2)
@@ -97,14 +80,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_experiment(path: str, overrides: Sequence[str]):
-    """An ExperimentConfig from a YAML file plus dotted --set overrides (train.max_steps=100)."""
-    from attnlab.config import ExperimentConfig, set_path
-
-    values = read_yaml(path)
-    for key, value in parse_overrides(overrides).items():
+def load_experiment(path: str, overrides: Sequence[str]) -> ExperimentConfig:
+    """An ExperimentConfig from a YAML file plus dotted --set overrides (train.max_steps=100).
+    The file is checked on its own first, so a fault is blamed on the file or on --set."""
+    values = read_yaml(path, CONFIG_SHAPE)
+    _check_file(path, values)
+    changes = parse_overrides(overrides, ExperimentConfig)
+    for key, value in changes.items():
         set_path(values, key, value)
-    return ExperimentConfig.from_dict(values, where=path)
+    return ExperimentConfig.from_dict(values, where=f"{path} + --set" if changes else path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -130,6 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from attnlab.train.checkpoints import load_checkpoint
     from attnlab.train.evaluation import score, translate
 
+    writable_output(args.output, "--output")
     model, vocab, config = load_checkpoint(args.checkpoint)
     decode = dataclasses.replace(config.decode, **({"beam_size": args.beam} if args.beam else {}))
     data = dataclasses.replace(config.data, max_eval_sentences=None)
@@ -138,7 +123,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.writelines(h + "\n" for h in hypotheses)
-    print(json.dumps({"split": args.split, "sentences": len(split), **score(hypotheses, split.tgt_text).as_dict()}, indent=2))
+    scores = score(hypotheses, split.tgt_text).as_dict()
+    print(json.dumps({"split": args.split, "sentences": len(split), **scores}, indent=2))
     return 0
 
 
@@ -163,6 +149,7 @@ def cmd_average(args: argparse.Namespace) -> int:
 
     from attnlab.train.checkpoints import average_checkpoints, step_checkpoints
 
+    writable_output(args.output, "-o")
     paths = list(args.checkpoints)
     if args.last:
         if len(paths) != 1 or not Path(paths[0]).is_dir():
@@ -175,6 +162,77 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def writable_output(path: str | None, option: str) -> None:
+    """An output file's folder must exist before any compute is spent on what goes into it."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    folder = Path(path).expanduser().resolve().parent
+    if Path(path).is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: folder {folder} does not exist")
+
+
+def int_at_least(minimum: int):
+    """argparse type for counts (--workers, --threads, --last, ...): checked before anything runs."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be {minimum} or more")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+SET_HELP = "override a field by dotted path, e.g. --set train.max_steps=100 (repeatable; values are YAML)"
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Every config field with its type, default and docstring (the YAML keys and --set paths)."""
+    from attnlab.config import SECTIONS
+    from attnlab.fields import field_docs
+    from attnlab.sweep.spec import StudyFile
+
+    known = {**SECTIONS, "study": StudyFile}
+    if args.section and args.section not in known:
+        raise ConfigError(f"config --fields {args.section!r}: not a section; valid: {', '.join(known)}")
+    for name, cls in known.items():
+        if args.section in (None, name):
+            print(f"{name}:  ({cls.__name__}) {field_docs(cls).get('', '')}".rstrip())
+            for field, (type_, default, doc) in field_docs_table(cls).items():
+                print(f"  {field:24} {type_:32} {default:14} {doc}".rstrip())
+    return 0
+
+
+def field_docs_table(cls: type) -> dict[str, tuple[str, str, str]]:
+    """field -> (type, default, docstring) as printed by `attnlab config --fields`."""
+    import typing
+
+    from attnlab.fields import field_docs
+
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    rows = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default) if not dataclasses.is_dataclass(f.default) else "(section)"
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        type_ = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        rows[f.name] = (type_, default, " ".join(docs.get(f.name, "").split()))
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnlab", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -182,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = verbs.add_parser("model", help="show a model config and its parameter count",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a ModelConfig field (repeatable)")
-    model.add_argument("--vocab", type=int, default=37000, help="shared vocabulary size")
+                       help="override a model field: --set model.n_heads=16 (or n_heads=16; repeatable)")
+    model.add_argument("--vocab", type=positive_int, default=37000, help="shared vocabulary size")
     model.add_argument("--table3", action="store_true", help="every row of the paper's Table 3")
     model.set_defaults(run=cmd_model)
 
@@ -191,36 +249,42 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data.add_argument("config", nargs="?", help="YAML file with a 'data:' section (DataConfig fields)")
     data.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a DataConfig field, e.g. --set corpus=multi30k --set vocab_size=8000")
+                      help="override a data field: --set data.vocab_size=8000 (or vocab_size=8000; repeatable)")
     data.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(run=cmd_data)
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     train = verbs.add_parser("train", help="train, evaluate and log one run", formatter_class=fmt)
     train.add_argument("config", help="YAML with name, output_dir and model/data/train/decode/logging sections")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a field by dotted path, e.g. --set train.max_steps=100 (repeatable)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     train.add_argument("--restart", action="store_true", help="ignore checkpoints in the run folder")
     train.add_argument("--quiet", action="store_true", help="no progress bar; warnings and the result only")
     train.set_defaults(run=cmd_train)
 
-    evaluate = verbs.add_parser("evaluate", help="score a checkpoint on a split (sacreBLEU BLEU, chrF)", formatter_class=fmt)
+    evaluate = verbs.add_parser("evaluate", help="score a checkpoint on a split (sacreBLEU BLEU, chrF)",
+                                formatter_class=fmt)
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", required=True, help='a split of the run\'s corpus, or "corpus/split"')
-    evaluate.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam_size)")
+    evaluate.add_argument("--beam", type=positive_int, help="beam size (default: the run's decode.beam_size)")
     evaluate.add_argument("--output", help="write the hypotheses to this file")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    translate = verbs.add_parser("translate", help="translate stdin to stdout, one sentence per line", formatter_class=fmt)
+    translate = verbs.add_parser("translate", help="translate stdin to stdout, one sentence per line",
+                                 formatter_class=fmt)
     translate.add_argument("checkpoint")
-    translate.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam_size)")
+    translate.add_argument("--beam", type=positive_int, help="beam size (default: the run's decode.beam_size)")
     translate.set_defaults(run=cmd_translate)
 
     average = verbs.add_parser("average", help="average checkpoints (the paper's Table 2 recipe)", formatter_class=fmt)
     average.add_argument("checkpoints", nargs="+", help="checkpoint files, or one run folder with --last")
-    average.add_argument("--last", type=int, help="average the last N step checkpoints of a run folder")
+    average.add_argument("--last", type=positive_int, help="average the last N step checkpoints of a run folder")
     average.add_argument("-o", "--output", required=True)
     average.set_defaults(run=cmd_average)
+
+    config = verbs.add_parser("config", help="list config fields: type, default, what each does", formatter_class=fmt)
+    config.add_argument("--fields", nargs="?", const=None, default=None, metavar="SECTION", dest="section",
+                        help="only this section: model, data, train, decode, logging or study")
+    config.set_defaults(run=cmd_config)
 
     from attnlab.sweep.commands import add_parser as add_sweep_parser
 
@@ -235,7 +299,29 @@ def build_parser() -> argparse.ArgumentParser:
 ALLOCATOR_VERBS = ("train", "sweep", "evaluate")
 
 
+def storage_to_env(argv: list[str]) -> list[str]:
+    """The command line without `--storage URL`, whose URL moves to $ATTNLAB_STORAGE: W&B records
+    a process's command line in every run, and re-executed or spawned processes would show it, so
+    a password given on the command line would end up in files. Every verb also reads the variable."""
+    from attnlab.sweep.commands import STORAGE_ENV
+
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--storage" and i + 1 < len(argv):
+            os.environ[STORAGE_ENV] = argv[i + 1]
+            i += 2
+            continue
+        if argv[i].startswith("--storage="):
+            os.environ[STORAGE_ENV] = argv[i].partition("=")[2]
+        else:
+            out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # a real command line: keep secrets out of sys.argv before anything records it
+        sys.argv[1:] = storage_to_env(sys.argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if argv is None and args.verb in ALLOCATOR_VERBS:  # a real command line, not a call from Python
@@ -243,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             reexec_with_allocator(sys.argv[1:])
         return args.run(args)
-    except (ConfigError, DataError, FileNotFoundError) as error:
+    except AttnlabError as error:
         print(f"attnlab: error: {error}", file=sys.stderr)
         return 2
 

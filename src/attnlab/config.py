@@ -1,16 +1,17 @@
 """Frozen configuration dataclasses.
 
-Strings from YAML or the CLI become configs once, here, at the edge; everything below
-reads typed, validated fields. Derive a variant with `dataclasses.replace`.
+Strings from YAML or the CLI become configs once, here, at the edge (through attnlab.fields);
+everything below reads typed, validated fields. Derive a variant with `dataclasses.replace`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
+
+from attnlab.errors import ConfigError  # re-exported: `from attnlab.config import ConfigError`
+from attnlab.fields import check_types, from_dict, to_dict
 
 Positional = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
 NormPlacement = Literal["post", "pre"]
@@ -19,37 +20,7 @@ TieEmbeddings = Literal["all", "decoder", "none"]
 Activation = Literal["relu", "gelu"]
 
 
-class ConfigError(ValueError):
-    """A config value or key that cannot be used; the message says what would be valid."""
 
-
-def _check_choices(obj: Any) -> None:
-    """Reject values outside a `Literal[...]` field's choices (dataclasses do not check them)."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        hint = hints[f.name]
-        choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
-        value = getattr(obj, f.name)
-        if choices and value not in choices:
-            raise ConfigError(
-                f"{type(obj).__name__}.{f.name}={value!r} is not one of {', '.join(map(repr, choices))}"
-            )
-
-
-def from_dict(cls: type, values: Mapping[str, Any], where: str = "config") -> Any:
-    """Build dataclass `cls` from a mapping; an unknown key is an error naming the closest valid key."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"{where}: unknown key {key!r} for {cls.__name__}{hint}")
-    return cls(**values)
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain dict of a config (for YAML, W&B and result files)."""
-    return dataclasses.asdict(obj)
 
 
 @dataclass(frozen=True)
@@ -98,7 +69,7 @@ class ModelConfig:
     """Non-linearity of the feed-forward network."""
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        check_types(self)
         for name in ("n_layers", "d_model", "d_ff", "n_heads", "max_positions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ModelConfig.{name}={getattr(self, name)} must be a positive integer")
@@ -138,7 +109,7 @@ class ModelConfig:
         return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "model") -> "ModelConfig":
+    def from_dict(cls, values: Mapping[str, Any], where: str = "model") -> ModelConfig:
         return from_dict(cls, values, where)
 
 
@@ -155,6 +126,7 @@ class DecodeConfig:
     max_len_b: int = 50
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.beam_size < 1:
             raise ConfigError(f"DecodeConfig.beam_size={self.beam_size} must be >= 1")
         if self.length_penalty < 0:
@@ -204,7 +176,7 @@ class DataConfig:
     else the public sources."""
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        check_types(self)
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"DataConfig: src_lang and tgt_lang are both {self.src_lang!r}")
         for name in ("vocab_size", "max_tokens", "max_words"):
@@ -215,9 +187,35 @@ class DataConfig:
         if (self.corpus == "custom") != (self.custom_files is not None):
             raise ConfigError('DataConfig: custom_files is needed exactly when corpus="custom"')
         object.__setattr__(self, "test_splits", tuple(self.test_splits))
+        for split in (self.train_split, self.valid_split, *self.test_splits):
+            self._check_split(split)
+
+    def _check_split(self, split: str) -> None:
+        """Corpus, split and languages against the registry, so a misspelt name fails when the file
+        is read, not in every trial."""
+        from attnlab.data.registry import CORPORA
+
+        corpus, _, name = split.rpartition("/")
+        corpus = corpus or self.corpus
+        if corpus == "custom":  # the user's own files: read_split names a missing one before any compute
+            return
+        if corpus not in CORPORA:
+            close = difflib.get_close_matches(corpus, list(CORPORA), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"DataConfig: unknown corpus {corpus!r}; {hint}valid: {', '.join(CORPORA)}, custom")
+        known = CORPORA[corpus]
+        if name not in known.splits:
+            close = difflib.get_close_matches(name, list(known.splits), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"DataConfig: corpus {corpus!r} has no split {name!r}; "
+                              f"{hint}valid: {', '.join(known.splits)}")
+        for lang in (self.src_lang, self.tgt_lang):
+            if lang not in known.langs:
+                raise ConfigError(f"DataConfig: corpus {corpus!r} has no language {lang!r}; "
+                                  f"valid: {', '.join(known.langs)}")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "data") -> "DataConfig":
+    def from_dict(cls, values: Mapping[str, Any], where: str = "data") -> DataConfig:
         return from_dict(cls, values, where)
 
 
@@ -275,7 +273,7 @@ class TrainConfig:
     """Validation sentences used for attention statistics."""
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        check_types(self)
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         if all(getattr(self, k) is None for k in ("max_steps", "max_epochs", "max_minutes", "max_train_minutes")):
             raise ConfigError("TrainConfig: set at least one of max_steps, max_epochs, max_minutes, max_train_minutes")
@@ -306,7 +304,7 @@ class LoggingConfig:
     """Only warnings and the final result on the console."""
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        check_types(self)
         object.__setattr__(self, "tags", tuple(self.tags))
 
 
@@ -327,27 +325,16 @@ class ExperimentConfig:
     decode: DecodeConfig = DecodeConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    def __post_init__(self) -> None:
+        check_types(self)
+
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> "ExperimentConfig":
-        values = dict(values)
-        for section, section_cls in SECTIONS.items():
-            if section in values:
-                raw = values[section] or {}
-                if not isinstance(raw, Mapping):
-                    raise ConfigError(f"{where}: {section!r} must be a mapping of {section_cls.__name__} fields")
-                values[section] = from_dict(section_cls, raw, f"{where}: {section}")
+    def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
         return from_dict(cls, values, where)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
 
-def set_path(values: dict[str, Any], dotted: str, value: Any, where: str = "--set") -> None:
-    """values["train"]["max_steps"] = value for dotted="train.max_steps"."""
-    *parents, leaf = dotted.split(".")
-    node = values
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{where}: {dotted!r} goes through a non-mapping value")
-    node[leaf] = value
+
+CONFIG_SHAPE = "a config needs name, output_dir and model/data/train/decode/logging sections"

@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from attnlab.errors import ConfigError
+
 
 def token_batches(src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int,
                   seed: int | None = None) -> list[list[int]]:
@@ -42,7 +44,8 @@ def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]
     while len(batches) % multiple:
         largest = max(range(len(batches)), key=lambda j: len(batches[j]))
         if len(batches[largest]) < 2:
-            raise ValueError(f"{len(batches)} single-sentence batches cannot be shared evenly by {multiple} ranks")
+            raise ConfigError(f"{len(batches)} single-sentence batches cannot be shared evenly by {multiple} ranks; "
+                              "raise data.max_tokens or use fewer devices")
         b = batches.pop(largest)
         batches += [b[: len(b) // 2], b[len(b) // 2 :]]
     return batches
@@ -55,7 +58,8 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
                  shuffle: bool = True, seed: int = 1, num_replicas: int = 1, rank: int = 0) -> None:
         longest = max(max(src_lengths, default=0), max(tgt_lengths, default=0))
         if longest > max_tokens:
-            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest sentence ({longest} tokens)")
+            raise ConfigError(f"data.max_tokens={max_tokens} is smaller than the longest sentence ({longest} tokens); "
+                              "raise data.max_tokens or lower data.max_words")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank={rank} is not in [0, num_replicas={num_replicas})")
         self.src_lengths, self.tgt_lengths = list(src_lengths), list(tgt_lengths)
@@ -65,7 +69,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.resume: tuple[int, int] | None = None  # (epoch, batches already done) after a restart
 
     @property
-    def sampler(self) -> "TokenBatchSampler":
+    def sampler(self) -> TokenBatchSampler:
         # Lightning calls set_epoch on `dataloader.batch_sampler.sampler`, not on the batch sampler.
         return self
 

@@ -22,18 +22,18 @@ from typing import Iterator
 from filelock import FileLock
 
 from attnlab.data.registry import SplitFile
+from attnlab.errors import DataError
 
 MIRROR_ENV = "ATTNLAB_DATA_MIRROR"
 CACHE_ENV = "ATTNLAB_CACHE"
 
 
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file and what is wrong."""
 
 
 def cache_dir(configured: str | os.PathLike | None = None) -> Path:
     """The cache root: the configured path, else $ATTNLAB_CACHE, else ~/.cache/attnlab."""
-    root = configured or os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attnlab"
+    root = (configured or os.environ.get(CACHE_ENV)
+            or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attnlab")
     return Path(root).expanduser()
 
 
@@ -112,7 +112,8 @@ def _fetch_text(spec: SplitFile, mirror: str | None) -> bytes:
         else:
             text = raw
     if sha256(text) != spec.sha256_text:
-        raise DataError(f"checksum mismatch for the text of {where}: sha256 {sha256(text)}, expected {spec.sha256_text}")
+        raise DataError(f"checksum mismatch for the text of {where}: sha256 {sha256(text)}, "
+                        f"expected {spec.sha256_text}")
     return text
 
 

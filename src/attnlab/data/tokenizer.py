@@ -27,7 +27,10 @@ class Vocabulary:
         self.path = Path(model_path)
         self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
-        assert (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) == (0, 1, 2, 3)
+        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if ids != (0, 1, 2, 3):
+            raise DataError(f"{model_path}: special ids (pad, unk, bos, eos) are {ids}; attnlab's vocabularies use "
+                            "(0, 1, 2, 3): train it with `attnlab data`")
 
     def __len__(self) -> int:
         return self.sp.get_piece_size()
