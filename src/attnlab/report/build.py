@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnlab.config import ConfigError
 from attnlab.report import figures as fig
 from attnlab.report import render
 from attnlab.report.collect import missing_trials, trial_frame
@@ -29,7 +30,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
     formats = tuple(f.strip().lower() for f in text.split(",") if f.strip())
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"--format {text!r}: {', '.join(bad) or 'nothing given'} not among {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {text!r}: {', '.join(bad) or 'nothing given'} not among {', '.join(FORMATS)}")
     return formats
 
 

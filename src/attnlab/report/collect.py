@@ -11,9 +11,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from attnlab.fields import flatten
+from attnlab.sweep.definitions import superseded
 from attnlab.sweep.pruning import PRUNED_AT
-from attnlab.sweep.spec import Study, _flatten
-from attnlab.sweep.storage import redact
+from attnlab.sweep.spec import Study
+from attnlab.sweep.storage import open_existing
 
 # Scalars every complete trial carries (worker.RESULT_ATTRS), as frame columns.
 SCALARS = ("bleu", "chrf", "val_loss", "val_ppl", "params", "train_steps", "train_tokens_per_s", "train_seconds",
@@ -34,13 +36,10 @@ def _reason(trial: optuna.trial.FrozenTrial) -> str:
 
 
 def load_trials(study: Study, url: str) -> list[optuna.trial.FrozenTrial]:
-    """The stored trials; a study missing from the storage is an error (never created here)."""
-    try:
-        return optuna.load_study(study_name=study.name, storage=url).get_trials(deepcopy=False)
-    except KeyError:
-        names = optuna.get_all_study_names(storage=url)
-        raise ValueError(f"the storage {redact(url)} holds no study named {study.name!r}; it holds: "
-                         f"{', '.join(names) or 'none'} (run `attnlab sweep run` first, or check --storage)") from None
+    """The stored trials, less those superseded by an edit of their row."""
+    ostudy = open_existing(study, url)
+    gone = superseded(ostudy)
+    return [t for t in ostudy.get_trials(deepcopy=False) if t._trial_id not in gone]
 
 
 def trial_frame(study: Study, url: str) -> pd.DataFrame:
@@ -55,7 +54,7 @@ def trial_frame(study: Study, url: str) -> pd.DataFrame:
             changes = study.row(row).changes if any(r.id == row for r in study.rows) else {
                 k: v for k, v in t.params.items() if k not in ("row", "seed")}
         record = {"number": t.number, "row": row, "seed": seed, "state": t.state.name, "reason": _reason(t),
-                  "value": t.value, "changes": json.dumps(_flatten(changes) if isinstance(changes, dict) else changes),
+                  "value": t.value, "changes": json.dumps(flatten(changes) if isinstance(changes, dict) else changes),
                   "worker": t.user_attrs.get("worker")}
         record.update({key: t.user_attrs.get(key) for key in SCALARS})
         for split, scores in (t.user_attrs.get("splits") or {}).items():

@@ -11,10 +11,12 @@ from typing import Any
 
 import pandas as pd
 
+from attnlab.errors import ConfigError
+from attnlab.fields import flatten
 from attnlab.paper import table3_rows
 from attnlab.report.collect import head_statistics, run_path
 from attnlab.report.significance import Significance, marker, paired_test
-from attnlab.sweep.spec import Study, _flatten
+from attnlab.sweep.spec import Study
 
 # Dotted config field -> the paper's column name (others show their last part).
 SHORT_NAMES = {"model.n_layers": "N", "model.d_model": "d_model", "model.d_ff": "d_ff", "model.n_heads": "h",
@@ -127,12 +129,12 @@ def variant_table(study: Study, frame: pd.DataFrame, split: str | None = None, t
     complete = frame[frame["state"] == "COMPLETE"] if len(frame) else frame
     if len(complete) and score not in complete:
         valid = sorted(c.split(":", 1)[1] for c in complete.columns if c.startswith("bleu:"))
-        raise ValueError(f"split {split!r} was not scored by this study's trials; scored splits: "
+        raise ConfigError(f"--split {split!r} was not scored by this study's trials; scored splits: "
                          f"{', '.join(valid) or 'none'}")
     rows = list(study.rows) if not study.tuning else []
     row_ids = [r.id for r in rows] + [r for r in dict.fromkeys(frame["row"]) if r not in {x.id for x in rows}] \
         if len(frame) else [r.id for r in rows]
-    changes = {r.id: _flatten(r.changes) for r in rows}
+    changes = {r.id: flatten(r.changes) for r in rows}
     for r in row_ids:
         if r not in changes:
             stored = frame[frame["row"] == r]["changes"]
@@ -229,7 +231,8 @@ def _head_importance(study: Study, trials: pd.DataFrame, top: int = 3) -> str:
         return ""
     heads = heads[["kind", "layer", "head", "importance"]].dropna().sort_values("importance", ascending=False).head(top)
     short = {"encoder_self": "enc", "decoder_self": "dec", "cross": "x"}
-    return ", ".join(f"{short[k]} L{int(l)}H{int(h)} ({v:+.3f})" for k, l, h, v in heads.itertuples(index=False))
+    return ", ".join(f"{short[k]} L{int(layer)}H{int(h)} ({v:+.3f})"
+                     for k, layer, h, v in heads.itertuples(index=False))
 
 
 def attention_table(study: Study, complete: pd.DataFrame) -> pd.DataFrame:
@@ -255,7 +258,7 @@ def wandb_links(study: Study, frame: pd.DataFrame) -> dict[str, list[tuple[int, 
 
     entity = study.base.logging.entity or os.environ.get("WANDB_ENTITY")
     if not entity:
-        raise ValueError("--wandb-links needs the W&B entity: set logging.entity in the study's base or $WANDB_ENTITY")
+        raise ConfigError("--wandb-links needs the W&B entity: set logging.entity in the study's base or $WANDB_ENTITY")
     links: dict[str, list[tuple[int, str]]] = {}
     complete = frame[(frame["state"] == "COMPLETE") & frame["wandb_run_id"].notna()] if len(frame) else frame
     for _, t in complete.iterrows():

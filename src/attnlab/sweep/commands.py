@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +19,27 @@ def _study_and_url(args: argparse.Namespace):
     from attnlab.sweep.spec import load_study
     from attnlab.sweep.storage import storage_url
 
-    study = load_study(args.study)  # every problem of the file, before anything starts
+    study = load_study(args.study, args.set)  # every problem of the file, before anything starts
     return study, storage_url(study, args.storage or os.environ.get(STORAGE_ENV))
 
 
+def worker_name() -> str:
+    """Host and process id: workers on many machines, or started one by one, stay apart."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from attnlab.sweep.storage import enqueue_missing, open_study, redact
+    from attnlab.sweep import definitions
+    from attnlab.sweep.storage import enqueue_missing, open_study, queue_lock
+    from attnlab.sweep.urls import redact, storage_faults
     from attnlab.sweep.worker import summary, tune, work
 
     study, url = _study_and_url(args)
     ostudy = open_study(study, url)
+    with storage_faults(url), queue_lock(url):
+        rerun = definitions.check(ostudy, study, rerun_changed=args.rerun_changed)
+    if rerun:
+        print(f"rows {', '.join(rerun)} changed: their old trials are superseded and they run again", flush=True)
     if study.tuning:
         print(f"tuning study {study.name!r}: {study.n_trials} trials, {study.sampler} sampler, "
               f"{study.pruner} pruner on {study.metric}; storage {redact(url)}", flush=True)
@@ -36,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"study {study.name!r}: {len(study.rows)} rows x {len(study.seeds)} seeds = {len(study.trials())} "
               f"trials; {queued} queued now; storage {redact(url)}", flush=True)
     if args.workers == 1:
-        (tune if study.tuning else work)(study, url, "worker-0", threads=args.threads)
+        (tune if study.tuning else work)(study, url, worker_name(), threads=args.threads)
     else:
         _spawn_workers(args, url)
     print(json.dumps(summary(ostudy)))
@@ -52,8 +64,8 @@ def _spawn_workers(args: argparse.Namespace, url: str) -> None:
         env = {**os.environ, STORAGE_ENV: url}
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
-        cmd = [sys.executable, "-m", "attnlab.cli", "sweep", "worker", args.study, "--name", f"worker-{i}",
-               "--threads", str(threads)]
+        cmd = [sys.executable, "-m", "attnlab.cli", "sweep", "worker", args.study, "--name", f"{worker_name()}-{i}",
+               "--threads", str(threads), *(f"--set={pair}" for pair in args.set)]
         procs.append(subprocess.Popen(cmd, env=env))
     try:
         for p in procs:
@@ -67,49 +79,74 @@ def _spawn_workers(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from attnlab.sweep import definitions
+    from attnlab.sweep.storage import open_study, queue_lock
+    from attnlab.sweep.urls import storage_faults
     from attnlab.sweep.worker import tune, work
 
     study, url = _study_and_url(args)
-    (tune if study.tuning else work)(study, url, args.name, threads=args.threads)
+    ostudy = open_study(study, url)
+    with storage_faults(url), queue_lock(url):
+        definitions.check(ostudy, study)
+    (tune if study.tuning else work)(study, url, args.name or worker_name(), threads=args.threads)
     return 0
 
 
-def trials_table(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One flat record per trial (row, seed, state, value, result fields, failure reason)."""
-    from attnlab.sweep.storage import open_study
+def existing_study_url(args: argparse.Namespace):
+    """The study and its storage for verbs that only read: a study that was never run is an
+    error, not a new empty database."""
+    from attnlab.errors import StudyError
+    from attnlab.sweep.spec import load_study
 
-    study, url = _study_and_url(args)
+    study = load_study(args.study, args.set)
+    override = args.storage or os.environ.get(STORAGE_ENV)
+    if not override and not study.storage:
+        db = Path(study.output_dir) / study.name / "study.db"
+        if not db.exists():
+            raise StudyError(args.study, [f"no results for study {study.name!r}: {db} does not exist; run "
+                                          f"`attnlab sweep run {args.study}` first, or give --storage URL"])
+    from attnlab.sweep.storage import storage_url
+
+    return study, storage_url(study, override)
+
+
+def trials_table(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
+    """The study and one flat record per trial (row, seed, state, value, result fields, failure
+    reason, whether a later edit of its row superseded it)."""
+    from attnlab.sweep.definitions import superseded
+    from attnlab.sweep.storage import open_existing
+
+    study, url = existing_study_url(args)
+    ostudy = open_existing(study, url)
+    gone = superseded(ostudy)
     records = []
-    for t in open_study(study, url).get_trials(deepcopy=False):
+    for t in ostudy.get_trials(deepcopy=False):
         params = t.system_attrs.get("fixed_params") or t.params
         record = {"number": t.number, "row": params.get("row"), "seed": params.get("seed"), "state": t.state.name,
-                  "value": t.value, "duration_s": t.duration.total_seconds() if t.duration else None}
+                  "value": t.value, "duration_s": t.duration.total_seconds() if t.duration else None,
+                  "superseded": t._trial_id in gone}
         record.update({k: v for k, v in t.user_attrs.items() if k not in ("splits", "attention", "changes")})
         records.append(record)
-    return records
+    return study, records
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from attnlab.sweep.spec import load_study
-
-    study = load_study(args.study)
-    records = trials_table(args)
-    print(f"{'row':18} {'seed':>4} {'state':9} {study.metric:>8}  {'worker':9} note")
+    study, records = trials_table(args)
+    print(f"{'row':18} {'seed':>4} {'state':9} {study.metric:>8}  {'worker':20} note")
     for r in records:
         value = f"{r['value']:.2f}" if r["value"] is not None else "-"
-        note = r.get("fail_reason", "") or ""
-        print(f"{str(r['row']):18} {str(r['seed']):>4} {r['state']:9} {value:>8}  {r.get('worker', ''):9} {note[:80]}")
-    done = {(r["row"], r["seed"]) for r in records if r["state"] == "COMPLETE"}
+        note = "superseded: its row was edited after it ran" if r["superseded"] else r.get("fail_reason", "") or ""
+        print(f"{str(r['row']):18} {str(r['seed']):>4} {r['state']:9} {value:>8}  {r.get('worker', ''):20} {note[:80]}")
+    done = {(r["row"], r["seed"]) for r in records if r["state"] == "COMPLETE" and not r["superseded"]}
     missing = [f"{row.id}/s{seed}" for row, seed in study.trials() if (row.id, seed) not in done]
-    print(f"{len(done)} of {len(study.trials())} trials complete" + (f"; not yet: {', '.join(missing)}" if missing else ""))
+    not_yet = f"; not yet: {', '.join(missing)}" if missing else ""
+    print(f"{len(done)} of {len(study.trials())} trials complete{not_yet}")
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from attnlab.sweep.spec import load_study
-
-    study = load_study(args.study)
-    complete = [r for r in trials_table(args) if r["state"] == "COMPLETE"]
+    study, records = trials_table(args)
+    complete = [r for r in records if r["state"] == "COMPLETE" and not r["superseded"]]
     if not complete:
         print("no complete trials yet")
         return 1
@@ -121,7 +158,10 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    frame = pd.DataFrame(trials_table(args))
+    from attnlab.cli import writable_output
+
+    writable_output(args.output, "-o")
+    frame = pd.DataFrame(trials_table(args)[1])
     out = Path(args.output)
     if out.suffix == ".json":
         frame.to_json(out, orient="records", indent=2)
@@ -131,7 +171,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def device_list(text: str) -> str:
+    """argparse type for --devices: GPU ids such as 0,1,3 (what CUDA_VISIBLE_DEVICES takes)."""
+    ids = [d.strip() for d in text.split(",")]
+    if not all(d.isdigit() for d in ids):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated GPU ids, e.g. 0,1")
+    return ",".join(ids)
+
+
 def add_parser(verbs: argparse._SubParsersAction) -> None:
+    from attnlab.cli import positive_int
+
     fmt = argparse.ArgumentDefaultsHelpFormatter
     sweep = verbs.add_parser("sweep", help="ablation studies as Optuna studies", formatter_class=fmt)
     sub = sweep.add_subparsers(dest="sweep_verb", required=True)
@@ -139,18 +189,22 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("study", help="study file, e.g. ablations/smoke.yaml")
         p.add_argument("--storage", help=f"RDB URL (default: SQLite in the study folder; also ${STORAGE_ENV})")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field of the study's base config, e.g. --set train.max_steps=100")
 
     run = sub.add_parser("run", help="queue missing trials and work on them (resumes a study)", formatter_class=fmt)
     common(run)
-    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    run.add_argument("--devices", help="comma-separated GPU ids; worker i gets device i mod n")
-    run.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    run.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine")
+    run.add_argument("--devices", type=device_list, help="comma-separated GPU ids; worker i gets device i mod n")
+    run.add_argument("--threads", type=positive_int, help="torch threads per worker (default: cores / workers)")
     run.add_argument("--retry-failed", action="store_true", help="also rerun trials that diverged or failed")
+    run.add_argument("--rerun-changed", action="store_true",
+                     help="rows edited since their trials ran run again; their old trials are kept as superseded")
     run.set_defaults(run=cmd_run)
     worker = sub.add_parser("worker", help="work on queued trials (what `run --workers` starts)", formatter_class=fmt)
     common(worker)
-    worker.add_argument("--name", default=f"worker-{os.getpid()}")
-    worker.add_argument("--threads", type=int)
+    worker.add_argument("--name", help="shown in `sweep status` (default: <host>-<pid>)")
+    worker.add_argument("--threads", type=positive_int)
     worker.set_defaults(run=cmd_worker)
     for name, fn, text in [("status", cmd_status, "state of every trial"), ("best", cmd_best, "the best trial")]:
         p = sub.add_parser(name, help=text, formatter_class=fmt)

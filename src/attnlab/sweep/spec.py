@@ -21,24 +21,96 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from attnlab.config import ConfigError, ExperimentConfig, set_path
+from attnlab.config import ConfigError, ExperimentConfig
+from attnlab.errors import StudyError  # re-exported for `from attnlab.sweep.spec import StudyError`
+from attnlab.fields import (
+    field_types,
+    flatten,
+    from_dict,
+    matches,
+    parse_overrides,
+    problems_of,
+    read_yaml,
+    set_path,
+    unflatten,
+)
 
-STUDY_KEYS = {"study", "description", "base", "rows", "axes", "seeds", "include_base", "output_dir", "metric",
-              "direction", "paper_table3", "storage", "space", "n_trials", "sampler", "pruner", "sampler_seed"}
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "hyperband", "none")
+Metric = Literal["bleu", "chrf", "val_loss", "val_ppl"]
+Direction = Literal["maximize", "minimize"]
+Sampler = Literal["tpe", "random"]
+Pruner = Literal["median", "hyperband", "none"]
 
 
-class StudyError(ConfigError):
-    """Every problem of a study file, one per line."""
+@dataclass(frozen=True)
+class Range:
+    """One entry of a tuning `space`: a range {low, high[, log]} or a list {choices: [...]}."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(f"{path}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    """Sample on a log scale (learning rates)."""
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ConfigError("expected {low, high[, log]} or {choices: [...]}, not both or neither")
+        if self.choices is not None and not self.choices:
+            raise ConfigError("choices: give at least one value")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ConfigError(f"low={self.low} is above high={self.high}")
+        if self.log and self.low is not None and self.low <= 0:
+            raise ConfigError(f"log=true needs low > 0, got low={self.low}")
+
+    @property
+    def ends(self) -> tuple[Any, ...]:
+        """The values that must each build a valid config."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class StudyFile:
+    """A study file as written (ablations/*.yaml, sweeps/*.yaml): checked key by key like every
+    config, then resolved into a `Study` by `load_study`."""
+
+    study: str | None = None
+    """The study's name: storage key, W&B group and folder name (letters, digits, '-', '_')."""
+    description: str = ""
+    base: dict[str, Any] | None = None
+    """The config every row starts from (model/data/train/decode/logging sections)."""
+    rows: tuple[Any, ...] = ()
+    """One-factor-at-a-time variants: {id: A1, model: {n_heads: 1, d_k: 512}}."""
+    axes: dict[str, tuple[Any, ...]] | None = None
+    """A grid over dotted fields: {model.positional: [sinusoidal, rope]}."""
+    seeds: tuple[int, ...] = (1,)
+    """Every row runs once per seed."""
+    include_base: bool = True
+    """The base config itself is a row, id "base"."""
+    output_dir: str = "runs/studies"
+    """Run folders go to <output_dir>/<study>/."""
+    metric: Metric = "bleu"
+    """What the study optimises and reports."""
+    direction: Direction = "maximize"
+    paper_table3: bool = False
+    """Row ids name rows of the paper's Table 3 (A1, B2, ...): reports put the paper beside ours."""
+    storage: str | None = None
+    """An RDB URL (default: SQLite in the study folder)."""
+    space: dict[str, Any] | None = None
+    """Tuning studies: dotted field -> {low, high[, log]} or {choices: [...]} (a `Range`)."""
+    n_trials: int | None = None
+    """Tuning studies: trials over all workers."""
+    sampler: Sampler = "tpe"
+    pruner: Pruner = "median"
+    sampler_seed: int = 1
+    """The same on every worker, so suggestions do not depend on who asks."""
+
+
+# Fields that do not change what a trial computes: editing them never makes a row "changed".
+NOT_DEFINING = ("name", "output_dir", "logging.", "data.cache_dir", "data.mirror", "train.threads",
+                "train.log_every_steps")
 
 
 @dataclass(frozen=True)
@@ -49,6 +121,13 @@ class Row:
     changes: dict[str, Any]
     config: ExperimentConfig
 
+    @property
+    def definition(self) -> dict[str, Any]:
+        """The resolved config as flat, JSON-able fields: what the study stores to notice later
+        that a row of the file now means something else."""
+        values = flatten(yaml.safe_load(yaml.safe_dump(self.config.to_dict())))
+        return {k: v for k, v in values.items() if not k.startswith(NOT_DEFINING)}
+
 
 @dataclass(frozen=True)
 class Study:
@@ -58,8 +137,8 @@ class Study:
     rows: tuple[Row, ...]
     seeds: tuple[int, ...]
     output_dir: str
-    metric: str = "bleu"
-    direction: str = "maximize"
+    metric: Metric = "bleu"
+    direction: Direction = "maximize"
     description: str = ""
     paper_table3: bool = False
     """Row ids name rows of the paper's Table 3 (A1, B2, ...): reports put the paper beside ours."""
@@ -67,8 +146,8 @@ class Study:
     space: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Tuning studies (sweeps/*.yaml): dotted field -> {low, high[, log]} or {choices: [...]}."""
     n_trials: int = 0
-    sampler: str = "tpe"
-    pruner: str = "median"
+    sampler: Sampler = "tpe"
+    pruner: Pruner = "median"
     sampler_seed: int = 1
 
     @property
@@ -77,8 +156,8 @@ class Study:
 
     def tuned_config(self, params: dict[str, Any], number: int) -> ExperimentConfig:
         """The base with sampled values, as trial t<number> of a tuning study."""
-        config = ExperimentConfig.from_dict(_merge(self.base.to_dict(), _unflatten(params)), where=f"trial {number}")
-        row = Row(f"t{number}", _unflatten(params), config)
+        config = ExperimentConfig.from_dict(merge(self.base.to_dict(), unflatten(params)), where=f"trial {number}")
+        row = Row(f"t{number}", unflatten(params), config)
         return self.trial_config(row, config.train.seed)
 
     def trials(self) -> list[tuple[Row, int]]:
@@ -87,6 +166,14 @@ class Study:
 
     def row(self, row_id: str) -> Row:
         return next(r for r in self.rows if r.id == row_id)
+
+    @property
+    def definitions(self) -> dict[str, dict[str, Any]]:
+        """Row id -> definition; a tuning study is one entry: its base and its space."""
+        if self.tuning:
+            space = {f"space.{k}": v for k, v in flatten(self.space).items()}
+            return {"(tuning)": {**Row("base", {}, self.base).definition, **space}}
+        return {row.id: row.definition for row in self.rows}
 
     def trial_config(self, row: Row, seed: int) -> ExperimentConfig:
         """The row's config for one seed, named and placed under the study's folder."""
@@ -99,53 +186,19 @@ class Study:
 
 
 def _tags(row: Row) -> list[str]:
-    return [row.id] + [f"{k}={v}" for k, v in _flatten(row.changes).items()]
+    return [row.id] + [f"{k}={v}" for k, v in flatten(row.changes).items()]
 
 
-def _flatten(changes: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _unflatten(params: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        set_path(out, key, value)
-    return out
-
-
-def _check_space(space: Any, base_values: dict[str, Any]) -> list[str]:
-    """Each entry names a real field and a valid range; both ends must build a valid config."""
-    if not isinstance(space, dict) or not space:
-        return ["space: expected a mapping of dotted fields to {low, high[, log]} or {choices: [...]}"]
-    problems = []
-    for key, spec in space.items():
-        if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
-            problems.append(f"space.{key}: expected {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
-            continue
-        ends = spec["choices"] if "choices" in spec else [spec["low"], spec["high"]]
-        for value in ends:
-            try:
-                _validate_model(ExperimentConfig.from_dict(_merge(base_values, _unflatten({key: value})), where=f"space.{key}"))
-            except (ConfigError, ValueError, RuntimeError) as error:
-                problems.append(f"space.{key}={value!r}: {error}")
-    return problems
-
-
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in _flatten(changes).items():
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with the (nested) `changes` written over it, field by field."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in flatten(changes).items():
         set_path(merged, key, value)
     return merged
 
 
 def _row_id(changes: dict[str, Any]) -> str:
-    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in _flatten(changes).items()) or "base"
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in flatten(changes).items()) or "base"
 
 
 def _validate_model(config: ExperimentConfig) -> None:
@@ -158,81 +211,57 @@ def _validate_model(config: ExperimentConfig) -> None:
         build_model(config.model, config.data.vocab_size)
 
 
-def load_study(path: str | Path) -> Study:
-    """Parse and validate a study file; raises StudyError listing every problem found."""
-    path = str(path)
+def _resolve(values: Mapping[str, Any], where: str) -> tuple[ExperimentConfig | None, list[str]]:
+    """A config and its model checked whole; problems as lines, never raised."""
     try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise StudyError(path, [f"file {path} does not exist"]) from None
-    except yaml.YAMLError as error:
-        raise StudyError(path, [f"not valid YAML: {error}"]) from None
-    problems: list[str] = []
-    if not isinstance(document, dict):
-        raise StudyError(path, ["expected a mapping with study, base and rows and/or axes"])
-    for key in document:
-        if key not in STUDY_KEYS:
-            import difflib
+        config = ExperimentConfig.from_dict(values, where=where)
+        _validate_model(config)
+    except ConfigError as error:
+        return None, str(error).splitlines()
+    except (ValueError, RuntimeError) as error:  # shapes the config checks cannot see
+        return None, [f"{where}: {error}"]
+    return config, []
 
-            close = difflib.get_close_matches(key, sorted(STUDY_KEYS), n=1)
-            problems.append(f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else
-                                                      f"; valid keys: {', '.join(sorted(STUDY_KEYS))}"))
-    name = document.get("study")
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        problems.append(f"study: {name!r} must be a name of letters, digits, '-' and '_'")
-    base_values = document.get("base") or {}
-    base = None
-    try:
-        base = ExperimentConfig.from_dict(base_values, where="base")
-        _validate_model(base)
-    except (ConfigError, ValueError, RuntimeError) as error:
-        problems.append(str(error))
 
-    variants: list[tuple[str, dict[str, Any]]] = []
-    if document.get("include_base", True):
-        variants.append(("base", {}))
-    for i, row in enumerate(document.get("rows") or []):
-        if not isinstance(row, dict):
-            problems.append(f"rows[{i}]: expected a mapping of sections to changes, got {row!r}")
+def _variants(spec: StudyFile) -> tuple[list[tuple[str, dict[str, Any], list[str]]], list[str]]:
+    """(row id, changes, problems of its own keys) for the base, every row and every point of the
+    axes grid; and the problems of the rows and axes sections themselves."""
+    variants: list[tuple[str, dict[str, Any], list[str]]] = [("base", {}, [])] if spec.include_base else []
+    problems = []
+    for i, row in enumerate(spec.rows):
+        if not isinstance(row, Mapping):
+            problems.append(f"rows[{i}]: expected a mapping like {{id: A1, model: {{n_heads: 1}}}}, got {row!r}")
             continue
-        row = dict(row)
-        row_id = str(row.pop("id", "")) or _row_id(row)
-        variants.append((row_id, row))
-    axes = document.get("axes") or {}
-    if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
-        problems.append("axes: expected a mapping of dotted fields to non-empty lists of values")
-        axes = {}
-    for values in itertools.product(*axes.values()) if axes else []:
-        changes: dict[str, Any] = {}
-        for key, value in zip(axes, values):
-            set_path(changes, key, value)
-        variants.append((_row_id(changes), changes))
-    tuning = "space" in document
-    if tuning:
-        problems += _check_space(document["space"], base_values)
-        variants = []
-        n_trials = document.get("n_trials")
-        if not isinstance(n_trials, int) or n_trials < 1:
-            problems.append(f"n_trials: {n_trials!r} must be a positive integer for a tuning study")
-        for key, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-            if document.get(key, choices[0]) not in choices:
-                problems.append(f"{key}: {document.get(key)!r} is not one of {', '.join(map(repr, choices))}")
-    elif len(variants) == 0:
-        problems.append("no rows: give rows and/or axes (or include_base: true)")
+        changes = {k: v for k, v in row.items() if k != "id"}
+        row_id = str(row.get("id") or _row_id(changes))
+        variants.append((row_id, changes, [f"row {row_id}: {p}" for p in problems_of(ExperimentConfig, changes)]))
+    axes = spec.axes or {}
+    for key, values in axes.items():
+        if not values:
+            problems.append(f"axes.{key}: give at least one value")
+        for value in values:
+            problems += [f"axes.{key}: {p}" for p in problems_of(ExperimentConfig, unflatten({key: value}))]
+    if axes and all(axes.values()) and not problems:
+        for point in itertools.product(*axes.values()):
+            changes = unflatten(dict(zip(axes, point)))
+            variants.append((_row_id(changes), changes, []))
+    return variants, problems
 
+
+def _rows(spec: StudyFile, base_values: dict[str, Any]) -> tuple[list[Row], list[str]]:
+    """Each variant resolved against the base; duplicate ids and duplicate configs are problems."""
+    variants, problems = _variants(spec)
     rows: list[Row] = []
-    seen_ids: dict[str, int] = {}
+    ids: set[str] = set()
     seen_configs: dict[str, str] = {}
-    for row_id, changes in variants:
-        if row_id in seen_ids:
+    for row_id, changes, own in variants:
+        if row_id in ids:
             problems.append(f"row {row_id!r}: duplicate id")
             continue
-        seen_ids[row_id] = 1
-        try:
-            config = ExperimentConfig.from_dict(_merge(base_values, changes), where=f"row {row_id}")
-            _validate_model(config)
-        except (ConfigError, ValueError, RuntimeError) as error:
-            problems.append(str(error))
+        ids.add(row_id)
+        config, found = _resolve(merge(base_values, changes), f"row {row_id}") if not own else (None, own)
+        problems += found
+        if config is None:
             continue
         key = yaml.safe_dump(dataclasses.replace(config, name="", output_dir="").to_dict(), sort_keys=True)
         if key in seen_configs:
@@ -240,22 +269,82 @@ def load_study(path: str | Path) -> Study:
             continue
         seen_configs[key] = row_id
         rows.append(Row(row_id, changes, config))
+    return rows, problems
 
-    seeds = document.get("seeds", [1])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-        problems.append(f"seeds: {seeds!r} must be a non-empty list of distinct integers")
-        seeds = [1]
-    direction = document.get("direction", "maximize")
-    if direction not in ("maximize", "minimize"):
-        problems.append(f"direction: {direction!r} is not one of 'maximize', 'minimize'")
-    metric = document.get("metric", "bleu")
-    if metric not in ("bleu", "chrf", "val_loss", "val_ppl"):
-        problems.append(f"metric: {metric!r} is not one of 'bleu', 'chrf', 'val_loss', 'val_ppl'")
+
+def _space(spec: StudyFile, base_values: dict[str, Any]) -> list[str]:
+    """Each entry names a real field and a valid range; both ends must build a valid config."""
+    if not spec.space:
+        return ["space: expected a mapping of dotted fields to {low, high[, log]} or {choices: [...]}"]
+    problems = []
+    for key, entry in spec.space.items():
+        if not isinstance(entry, Mapping):
+            problems.append(f"space.{key}: expected {{low, high[, log]}} or {{choices: [...]}}, got {entry!r}")
+            continue
+        try:
+            values = from_dict(Range, entry, where=f"space.{key}").ends
+        except ConfigError as error:
+            problems += str(error).splitlines()
+            continue
+        for value in values:
+            found = problems_of(ExperimentConfig, unflatten({key: value}))
+            problems += [f"space.{key}={value!r}: {p}" for p in found]
+            if not found:
+                problems += _resolve(merge(base_values, unflatten({key: value})), f"space.{key}={value!r}")[1]
+    if spec.n_trials is None or spec.n_trials < 1:
+        problems.append(f"n_trials: {spec.n_trials!r} must be a positive integer for a tuning study")
+    return problems
+
+
+def _study_file(document: dict[str, Any]) -> tuple[StudyFile, list[str]]:
+    """The file's keys checked like a config's; keys with problems fall back to their defaults so
+    that the rest of the file is still checked and every problem is reported at once."""
+    problems = problems_of(StudyFile, document)
+    types = field_types(StudyFile)
+    clean = {k: v for k, v in document.items() if k in types and matches(v, types[k])}
+    spec = StudyFile(**clean)
+    name = spec.study
+    if name is None:
+        problems.append("study: missing; name the study with letters, digits, '-' and '_' (e.g. `study: heads`)")
+    elif not name.replace("-", "").replace("_", "").isalnum():
+        problems.append(f"study: {name!r} must be a name of letters, digits, '-' and '_'")
+    if len(set(spec.seeds)) != len(spec.seeds) or not spec.seeds:
+        problems.append(f"seeds: {list(spec.seeds)!r} must be a non-empty list of distinct integers")
+    if spec.space is None and not spec.rows and not spec.axes and not spec.include_base:
+        problems.append("no rows: give rows and/or axes (or include_base: true)")
+    return spec, problems
+
+
+FILE_SHAPE = "a study needs `study: NAME`, a `base` config, and `rows` and/or `axes` (see ablations/smoke.yaml)"
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
+    """Parse and validate a study file (plus --set overrides of its base); raises StudyError
+    listing every problem found, each naming the row and the key."""
+    path = str(path)
+    try:
+        document = read_yaml(path, FILE_SHAPE)
+    except ConfigError as error:
+        raise StudyError(path, [str(error).removeprefix(f"{path}: ").removeprefix(f"{path} ")]) from None
+    spec, problems = _study_file(document)
+    base_values = dict(spec.base or {})
+    for key, value in parse_overrides(overrides, ExperimentConfig).items():  # an error here names --set
+        set_path(base_values, key, value)
+    base, found = _resolve(base_values, "base")
+    problems += found
+    if spec.space is not None:
+        problems += _space(spec, base_values) if base else []
+        rows: list[Row] = []
+    elif base is not None:
+        rows, found = _rows(spec, base_values)
+        problems += found
+    else:  # rows cannot resolve against a broken base: check their own keys only
+        variants, found = _variants(spec)
+        problems += found + [p for _, _, own in variants for p in own]
     if problems:
-        raise StudyError(path, problems)
-    return Study(name=name, path=path, base=base, rows=tuple(rows), seeds=tuple(seeds),
-                 output_dir=str(document.get("output_dir", "runs/studies")), metric=metric, direction=direction,
-                 description=str(document.get("description", "")), paper_table3=bool(document.get("paper_table3")),
-                 storage=document.get("storage"), space=dict(document.get("space") or {}),
-                 n_trials=int(document.get("n_trials") or 0), sampler=document.get("sampler", "tpe"),
-                 pruner=document.get("pruner", "median"), sampler_seed=int(document.get("sampler_seed", 1)))
+        raise StudyError(path, list(dict.fromkeys(problems)))
+    return Study(name=spec.study, path=path, base=base, rows=tuple(rows), seeds=tuple(spec.seeds),
+                 output_dir=spec.output_dir, metric=spec.metric, direction=spec.direction,
+                 description=spec.description, paper_table3=spec.paper_table3, storage=spec.storage,
+                 space=dict(spec.space or {}), n_trials=spec.n_trials or 0, sampler=spec.sampler,
+                 pruner=spec.pruner, sampler_seed=spec.sampler_seed)

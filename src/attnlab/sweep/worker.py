@@ -11,7 +11,8 @@ import optuna
 from optuna.trial import TrialState
 
 from attnlab.sweep.spec import Study
-from attnlab.sweep.storage import Heartbeat, claim, heartbeat_interval, open_study, others_running, redact
+from attnlab.sweep.storage import Heartbeat, claim, heartbeat_interval, open_study, others_running
+from attnlab.sweep.urls import redact
 
 # result.json fields stored on the trial (Optuna user attributes) for status, export, reports.
 RESULT_ATTRS = ("bleu", "chrf", "sacrebleu_signature", "val_loss", "val_ppl", "params", "train_steps",
@@ -23,8 +24,10 @@ def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: s
     """Train one claimed trial; the trial ends COMPLETE with its metric, or FAIL with a reason."""
     from attnlab.train.run import train
 
-    row_id = trial.suggest_categorical("row", [r.id for r in study.rows])
-    seed = trial.suggest_categorical("seed", list(study.seeds))
+    # The (row, seed) it was queued with, read as stored rather than suggested: a categorical
+    # whose choices grow (rows or seeds added to the file) is an error to Optuna.
+    fixed = ostudy._storage.get_trial(trial._trial_id).system_attrs["fixed_params"]
+    row_id, seed = str(fixed["row"]), int(fixed["seed"])
     row = study.row(row_id)
     config = study.trial_config(row, seed)
     if threads:
