@@ -21,7 +21,9 @@ from filelock import FileLock
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from attnlab.errors import StorageError, StudyError
 from attnlab.sweep.spec import Study
+from attnlab.sweep.urls import CONNECT_TIMEOUT_S, check_storage_url, redact, storage_faults
 
 # Heartbeats and stale-trial recovery are marked experimental in Optuna; they are what we rely on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -35,35 +37,94 @@ def heartbeat_interval() -> int:
 
 
 def storage_url(study: Study, override: str | None = None) -> str:
-    """--storage, else the study file's `storage`, else SQLite in the study's folder."""
-    url = override or study.storage
-    if url:
-        return url
+    """--storage, else the study file's `storage`, else SQLite in the study's folder.
+
+    A given URL is checked before anything is opened or created (StorageError); only the
+    default folder, which is attnlab's own, is created here.
+    """
+    if override:
+        return check_storage_url(override, "--storage")
+    if study.storage:
+        return check_storage_url(study.storage, f"{study.path}: storage")
     folder = Path(study.output_dir) / study.name
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(folder / 'study.db').resolve()}"
 
 
-def redact(url: str) -> str:
-    """The URL with any password masked, for logs and reports."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - never let a malformed URL leak through an error path
-        return "<storage url>"
+SCHEMA_LOCK_KEY = 72540002  # creating Optuna's tables and the study: one process at a time
+CLAIM_LOCK_KEY = 72540001  # queueing and claiming trials
 
 
 def open_study(study: Study, url: str) -> optuna.Study:
-    interval = heartbeat_interval()
-    storage = RDBStorage(
-        url, heartbeat_interval=interval, grace_period=2 * interval,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-        engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}},
-    )
+    """The study in its storage, its tables and the study created on first use.
+
+    Workers started together on a fresh PostgreSQL database would otherwise race to create
+    Optuna's tables and enum types (UniqueViolation on `studydirection`), so creation runs
+    under a lock. Server faults become one-line StorageErrors; nothing is left half-made.
+    """
+    check_storage_url(url, "storage")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=study.name, storage=storage, direction=study.direction, load_if_exists=True,
-                               sampler=_sampler(study), pruner=_pruner(study))
+    with storage_faults(url), queue_lock(url, SCHEMA_LOCK_KEY):
+        storage = _rdb_storage(url)
+        return optuna.create_study(study_name=study.name, storage=storage, direction=study.direction,
+                                   load_if_exists=True, sampler=_sampler(study), pruner=_pruner(study))
+
+
+def open_existing(study: Study, url: str) -> optuna.Study:
+    """The study for verbs that only read (status, best, export, report): never creates a file,
+    a table or a study; one missing from the storage is a StudyError naming what it holds."""
+    check_storage_url(url, "storage")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with storage_faults(url):
+        names = _study_names(url)
+        if study.name in names:
+            storage = RDBStorage(url, skip_table_creation=True, engine_kwargs=_engine_kwargs(url))
+            return optuna.load_study(study_name=study.name, storage=storage)
+    raise StudyError(study.path, [f"the storage {redact(url)} holds no study named {study.name!r}; it holds: "
+                                  f"{', '.join(names) or 'none'} (run `attnlab sweep run` first, or check --storage)"])
+
+
+def _study_names(url: str) -> list[str]:
+    """Names of the studies in a storage, without creating anything (an absent SQLite file or a
+    database without Optuna's tables holds none)."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return []
+    engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    try:
+        with engine.connect() as connection:
+            if not sqlalchemy.inspect(connection).has_table("studies"):
+                return []
+            return [row[0] for row in connection.execute(sqlalchemy.text("SELECT study_name FROM studies"))]
+    finally:
+        engine.dispose()
+
+
+def _rdb_storage(url: str) -> RDBStorage:
+    interval = heartbeat_interval()
+    try:
+        return RDBStorage(url, heartbeat_interval=interval, grace_period=2 * interval,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                          engine_kwargs=_engine_kwargs(url))
+    except RuntimeError as error:  # Optuna's "schema is too old/new": a storage fault, not a bug
+        if "storage upgrade" not in str(error):
+            raise
+        raise StorageError(f"storage {redact(url)}: its tables were written by another Optuna version; "
+                           "run `optuna storage upgrade --storage URL` (back it up first)") from error
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": 60}}  # wait for another worker's write, do not fail
+    if "connect_timeout" in parsed.query:  # the user's own choice
+        return {"pool_pre_ping": True}
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
 
 
 def _sampler(study: Study) -> optuna.samplers.BaseSampler:
@@ -87,11 +148,17 @@ def trial_key(trial: optuna.trial.FrozenTrial) -> tuple[str, int] | None:
 
 
 def pending_or_done(ostudy: optuna.Study, retry_failed: bool = False) -> set[tuple[str, int]]:
-    """(row, seed) pairs that need no new trial: complete, queued, running, or failed for good."""
-    keys = set()
+    """(row, seed) pairs that need no new trial: complete, queued, running, or failed for good;
+    trials superseded by an edit of their row do not count."""
+    from attnlab.sweep.definitions import superseded
+
+    keys, gone = set(), superseded(ostudy)
     for t in ostudy.get_trials(deepcopy=False):
+        if t._trial_id in gone:
+            continue
         settled_failure = t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") in SETTLED_FAILURES
-        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) or (settled_failure and not retry_failed):
+        live = t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+        if live or (settled_failure and not retry_failed):
             keys.add(trial_key(t))
     return keys
 
@@ -99,33 +166,48 @@ def pending_or_done(ostudy: optuna.Study, retry_failed: bool = False) -> set[tup
 _ENGINES: dict[str, Any] = {}
 
 
-@contextmanager
-def _advisory_lock(url: str) -> Iterator[None]:
-    """A PostgreSQL session lock: serialises queueing and claiming across machines."""
+def _lock_engine(url: str) -> Any:
+    """One plain engine per URL for advisory locks: it needs no table, so it also serves the
+    lock taken before Optuna's tables exist."""
     import sqlalchemy
 
-    engine = _ENGINES.setdefault(url, sqlalchemy.create_engine(url, pool_pre_ping=True))
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(72540001)"))
+    if url not in _ENGINES:
+        _ENGINES[url] = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    return _ENGINES[url]
+
+
+@contextmanager
+def _advisory_lock(url: str, key: int) -> Iterator[None]:
+    """A PostgreSQL session lock, held on a connection of its own: serialises a step across
+    machines, and is released by the server if this process dies."""
+    import sqlalchemy
+
+    # Autocommit: the lock is the session's, and no transaction stays open while it is held.
+    with _lock_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
         try:
             yield
         finally:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(72540001)"))
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
-def _lock(url: str):
-    """Queueing and claiming run one worker at a time: a lock file beside an SQLite database
-    (one machine), an advisory lock on PostgreSQL (any number of machines)."""
-    if url.startswith("sqlite:///"):
-        return FileLock(url.removeprefix("sqlite:///") + ".claim.lock")
-    if url.startswith("postgresql"):
-        return _advisory_lock(url)
+def queue_lock(url: str, key: int = CLAIM_LOCK_KEY) -> Any:
+    """One worker at a time: a lock file beside an SQLite database (one machine; it guards
+    every step), an advisory lock per step on PostgreSQL (any number of machines)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    backend = parsed.drivername.partition("+")[0]
+    if backend == "sqlite" and parsed.database and not parsed.database.startswith("file:"):
+        return FileLock(parsed.database + ".claim.lock")
+    if backend == "postgresql":
+        return _advisory_lock(url, key)
     return nullcontext()
 
 
 def enqueue_missing(ostudy: optuna.Study, study: Study, url: str, retry_failed: bool = False) -> int:
     """Queue every (row, seed) without a trial; returns how many were queued."""
-    with _lock(url):
+    with storage_faults(url), queue_lock(url):
         have = pending_or_done(ostudy, retry_failed)
         missing = [(row.id, seed) for row, seed in study.trials() if (row.id, seed) not in have]
         for row_id, seed in missing:
@@ -135,8 +217,9 @@ def enqueue_missing(ostudy: optuna.Study, study: Study, url: str, retry_failed: 
 
 def claim(ostudy: optuna.Study, url: str) -> optuna.Trial | None:
     """Move one WAITING trial to RUNNING for this worker; None when the queue is empty."""
-    optuna.storages.fail_stale_trials(ostudy)  # trials of dead workers go back to the queue
-    with _lock(url):
+    with storage_faults(url):
+        optuna.storages.fail_stale_trials(ostudy)  # trials of dead workers go back to the queue
+    with storage_faults(url), queue_lock(url):
         for frozen in ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             if ostudy._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
                 return optuna.Trial(ostudy, frozen._trial_id)
@@ -161,7 +244,7 @@ class Heartbeat:
             if self.stop_event.wait(heartbeat_interval()):
                 return
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.thread.start()
         return self
 
