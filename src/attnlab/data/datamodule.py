@@ -14,6 +14,7 @@ from attnlab.data.batching import TokenBatchSampler
 from attnlab.data.corpora import Parallel, load_split
 from attnlab.data.fetch import cache_dir
 from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary, train_vocabulary
+from attnlab.errors import DataError
 
 
 class EncodedSplit(Dataset):
@@ -21,6 +22,7 @@ class EncodedSplit(Dataset):
 
     def __init__(self, parallel: Parallel, vocab: Vocabulary) -> None:
         self.name, self.src_text, self.tgt_text = parallel.name, parallel.src, parallel.tgt
+        self.files, self.lines = parallel.files, parallel.lines  # for messages naming a file's line
         self.src = [ids + [EOS_ID] for ids in vocab.encode(parallel.src)]
         self.tgt = vocab.encode(parallel.tgt)
         self.dropped = parallel.dropped
@@ -29,6 +31,10 @@ class EncodedSplit(Dataset):
 
     def __len__(self) -> int:
         return len(self.src)
+
+    def line_number(self, i: int) -> int:
+        """The line of the file (or of stdin) sentence `i` came from."""
+        return self.lines[i] if self.lines is not None else i + 1
 
     def __getitem__(self, i: int) -> int:
         return i  # collate() looks the ids up: one list of indices per batch, no per-item tensors
@@ -65,8 +71,10 @@ class Prepared:
             out["splits"].append({
                 "role": role, "split": split.name, "sentences": len(split), "dropped": dict(split.dropped),
                 "src_tokens": src_tokens, "tgt_tokens": tgt_tokens,
-                "src_tokens_per_sentence": round(src_tokens / n, 2), "tgt_tokens_per_sentence": round(tgt_tokens / n, 2),
-                "max_src_tokens": max(split.src_lengths, default=0), "max_tgt_tokens": max(split.tgt_lengths, default=0),
+                "src_tokens_per_sentence": round(src_tokens / n, 2),
+                "tgt_tokens_per_sentence": round(tgt_tokens / n, 2),
+                "max_src_tokens": max(split.src_lengths, default=0),
+                "max_tgt_tokens": max(split.tgt_lengths, default=0),
             })
         return out
 
@@ -74,13 +82,18 @@ class Prepared:
 def prepare(config: DataConfig) -> Prepared:
     """Fetch and check every split, train (or reuse) the joint vocabulary, encode. Every input
     error surfaces here, before any training."""
-    train = load_split(config, config.train_split, train=True)
+    train = load_split(config, config.train_split, train=True)  # a DataError if nothing is left
     valid = load_split(config, config.valid_split)
     tests = {name: load_split(config, name) for name in config.test_splits}
-    if len(train) == 0:
-        raise ValueError(f"no training pairs left in {config.corpus}/{config.train_split} after cleaning: {dict(train.dropped)}")
-    vocab = train_vocabulary(train.src + train.tgt, cache_dir(config.cache_dir), config.vocab_size,
-                             config.vocab_type, config.seed)
+    if len(train) == 0:  # cleaning kept some, yet data.max_train_sentences took none
+        raise DataError(f"{config.corpus} {config.train_split}: data.max_train_sentences={config.max_train_sentences} "
+                        f"leaves no training pairs of {train.where}; set it to at least 1")
+    try:
+        vocab = train_vocabulary(train.src + train.tgt, cache_dir(config.cache_dir), config.vocab_size,
+                                 config.vocab_type, config.seed)
+    except DataError as error:  # sentencepiece's complaint, e.g. too little text for vocab_size
+        pairs = f"{len(train)} pair{'s' if len(train) > 1 else ''} after cleaning"
+        raise DataError(f"{config.corpus} {config.train_split} ({train.where}, {pairs}): {error}") from None
     return Prepared(vocab, EncodedSplit(train, vocab), EncodedSplit(valid, vocab),
                     {name: EncodedSplit(split, vocab) for name, split in tests.items()})
 

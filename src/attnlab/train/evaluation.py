@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from attnlab.config import DecodeConfig
 from attnlab.data.batching import TokenBatchSampler
 from attnlab.data.datamodule import EncodedSplit
 from attnlab.data.tokenizer import Vocabulary
+from attnlab.errors import DataError
 from attnlab.model import Transformer, beam_search, greedy_search
 
 
@@ -46,21 +48,86 @@ class ValidationScorer:
         return {"bleu": s.bleu, "chrf": s.chrf}
 
 
-def search(model: Transformer, src: torch.Tensor, decode: DecodeConfig) -> list[list[int]]:
+def position_limit(model: Transformer) -> int | None:
+    """Most positions one sequence may take: the rows of a learned position table. Every other
+    encoding (sinusoids grow on demand, rope, alibi, none) has no limit."""
+    return model.config.max_positions if model.config.positional == "learned" else None
+
+
+def check_lengths(model: Transformer, split: EncodedSplit, where: str | None = None,
+                  indices: list[int] | None = None, targets: bool = False) -> None:
+    """A DataError naming the first line (and a few more) too long for the model's position
+    table, before any decoding starts. `where` defaults to the split's file (or its name);
+    `targets` checks the target side too, as training and the validation loss would need."""
+    limit = position_limit(model)
+    if limit is None:
+        return
+    rows = range(len(split)) if indices is None else indices
+    too_long = [i for i in rows if _length(split, i, targets) > limit]
+    if too_long:
+        first = too_long[0]
+        where = where or ",".join(split.files[: 2 if targets else 1]) or split.name
+        raise DataError(f"{where}: line {split.line_number(first)} is {_length(split, first, targets)} tokens long "
+                        f"(end-of-sentence included), more than the model's learned position table holds "
+                        f"(model.max_positions={limit}); shorten or split it{_others(split, too_long[1:])}")
+
+
+def _length(split: EncodedSplit, i: int, targets: bool) -> int:
+    return max(split.src_lengths[i], split.tgt_lengths[i]) if targets else split.src_lengths[i]
+
+
+def _others(split: EncodedSplit, rows: list[int]) -> str:
+    """A few line numbers of the other offenders: " (2 more too long: lines 5, 9)"."""
+    if not rows:
+        return ""
+    numbers = ", ".join(str(split.line_number(i)) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    return f" ({len(rows)} more too long: line{'s' if len(rows) > 1 else ''} {numbers})"
+
+
+def _max_lengths(src: torch.Tensor, pad_id: int, decode: DecodeConfig) -> torch.Tensor:
+    """(B,) output length limits as model.search computes them (eos included)."""
+    return (decode.max_len_a * (src != pad_id).sum(1).float()).long() + decode.max_len_b
+
+
+def _search(model: Transformer, src: torch.Tensor, decode: DecodeConfig) -> list[list[int]]:
     kwargs = dict(length_penalty_alpha=decode.length_penalty, max_len_a=decode.max_len_a, max_len_b=decode.max_len_b)
     if decode.beam_size == 1:
         return greedy_search(model, src, **kwargs).tokens
     return beam_search(model, src, beam_size=decode.beam_size, **kwargs).tokens
 
 
+def search(model: Transformer, src: torch.Tensor, decode: DecodeConfig) -> list[list[int]]:
+    """Best hypothesis per row of src. With a learned position table an output may not outgrow
+    it: rows whose max_len_a * len + max_len_b exceeds the table are searched apart with their
+    limit set to the table's size (max_len_a=0, max_len_b=size), the others unchanged."""
+    limit = position_limit(model)
+    if limit is None:
+        return _search(model, src, decode)
+    capped = _max_lengths(src, model.pad_id, decode) > limit
+    if not capped.any():
+        return _search(model, src, decode)
+    at_limit = dataclasses.replace(decode, max_len_a=0.0, max_len_b=limit)
+    if capped.all():
+        return _search(model, src, at_limit)
+    out: list[list[int]] = [[] for _ in range(src.size(0))]
+    for rows, settings in ((capped.nonzero().flatten(), at_limit), ((~capped).nonzero().flatten(), decode)):
+        for row, tokens in zip(rows.tolist(), _search(model, src[rows], settings)):
+            out[row] = tokens
+    return out
+
+
 @torch.no_grad()
 def translate(model: Transformer, split: EncodedSplit, vocab: Vocabulary, decode: DecodeConfig,
               max_tokens: int = 4096, indices: list[int] | None = None) -> list[str]:
-    """Hypotheses for every sentence of `split` (or `indices`), in their original order."""
+    """Hypotheses for every sentence of `split` (or `indices`), in their original order. A
+    source longer than a learned position table is a DataError before any decoding."""
+    wanted = list(range(len(split))) if indices is None else list(indices)
+    if not wanted:
+        return []
+    check_lengths(model, split, indices=wanted)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    wanted = list(range(len(split))) if indices is None else list(indices)
     # Beam search holds beam_size rows per sentence: shrink the batch to keep memory flat.
     budget = max(max_tokens // decode.beam_size, max(split.src_lengths[i] for i in wanted))
     sampler = TokenBatchSampler([split.src_lengths[i] for i in wanted], [split.src_lengths[i] for i in wanted],

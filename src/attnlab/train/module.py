@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from attnlab.config import DecodeConfig, TrainConfig
 from attnlab.model import Transformer
+from attnlab.train.checkpoints import FORMAT_VERSION
 from attnlab.train.evaluation import search
 from attnlab.train.schedule import noam_scheduler, scale_for_peak
 
@@ -148,7 +149,8 @@ class TranslationModule(pl.LightningModule):
 
     # -- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["attnlab"] = self.checkpoint_extra
+        # The version lets a later attnlab refuse, by name, a layout it cannot read.
+        checkpoint["attnlab"] = {**self.checkpoint_extra, "format_version": FORMAT_VERSION}
         checkpoint["rng"] = {"torch": torch.get_rng_state()}  # dropout masks continue exactly on resume
         checkpoint["throughput"] = {"tokens": self.train_tokens, "seconds": self.train_seconds}
 

@@ -34,7 +34,7 @@ from attnlab.data.datamodule import EncodedSplit, TranslationDataModule
 from attnlab.data.tokenizer import Vocabulary
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.train.checkpoints import latest_checkpoint
-from attnlab.train.evaluation import ValidationScorer, score, translate
+from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
 from attnlab.train.history import History
 from attnlab.train.module import TranslationModule
@@ -145,6 +145,8 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     data.setup("fit")
     vocab = data.vocab
     model = build_model(config.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
+    for split in (data.data.train, data.data.valid, *data.data.tests.values()):  # fail now, not mid-run
+        check_lengths(model, split, targets=True)
     params = count_parameters(model)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -205,7 +207,8 @@ def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,
             f.write(",".join(TABLE_COLUMNS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in table))
     dev = scores[config.data.valid_split]
     result = {
-        "name": config.name, "bleu": dev["bleu"], "chrf": dev["chrf"], "sacrebleu_signature": dev["sacrebleu_signature"],
+        "name": config.name, "bleu": dev["bleu"], "chrf": dev["chrf"],
+        "sacrebleu_signature": dev["sacrebleu_signature"],
         "chrf_signature": dev["chrf_signature"], "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
         "params": params, **totals,
         "train_tokens_per_s": totals["train_tokens"] / totals["train_seconds"] if totals["train_seconds"] else None,
