@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all bench smoke clean
+.PHONY: install lint test test-slow test-all bench smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv with CPU torch and attnlab (editable)
 
-test: $(STAMP)  ## the default (fast) test suite
+lint: $(STAMP)  ## ruff, as configured in pyproject.toml
+	$(BIN)/ruff check src tests bench
+
+test: lint  ## the linter, then the default (fast) test suite
 	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## only the tests marked slow (crash recovery, Ctrl-C, DDP sweeps)
+	$(BIN)/python -m pytest -q -m slow
 
 test-all: $(STAMP)  ## every test, slow ones included
 	$(BIN)/python -m pytest -q -m ''

@@ -102,7 +102,8 @@ def main() -> None:
     print(f"{name}; base model {count_parameters(model) / 1e6:.1f}M parameters, vocabulary {args.vocab}, bf16 autocast"
           f"{', torch.compile' if args.compile else ''}")
     print(f"{args.steps} steps of ~{statistics.mean(tokens):,.0f} target tokens: median step {median * 1000:.0f} ms, "
-          f"{tok_s:,.0f} target tokens/s, peak memory {torch.cuda.max_memory_allocated() / 2**30 if cuda else 0:.1f} GiB")
+          f"{tok_s:,.0f} target tokens/s, "
+          f"peak memory {torch.cuda.max_memory_allocated() / 2**30 if cuda else 0:.1f} GiB")
     print(f"model FLOPs {achieved / 1e12:.1f} TFLOP/s" + (f" = {achieved / peak:.1%} MFU of {peak / 1e12:.0f} TFLOP/s"
                                                           if peak else " (peak unknown for this GPU)"))
     print(f"the paper: 8 P100s, ~0.4 s per step of ~25,000 tokens: ~{25000 / 0.4:,.0f} target tokens/s in all")

@@ -50,7 +50,8 @@ def main() -> None:
     for pruner, r in results.items():
         print(f"{pruner:8} {r['trials']:6} {r['pruned']:6} {r['steps']:11} {r['wall_s']:7.1f} {r['best']:8.4f}")
     saved = 1 - results["median"]["steps"] / results["none"]["steps"]
-    print(f"pruning saved {saved:.0%} of the training steps ({1 - results['median']['wall_s'] / results['none']['wall_s']:.0%} of wall time)")
+    print(f"pruning saved {saved:.0%} of the training steps "
+          f"({1 - results['median']['wall_s'] / results['none']['wall_s']:.0%} of wall time)")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def test_real_multi30k_line_counts_and_known_dirt(mirror, cache):
     assert len(train) == 28998 and dict(train.dropped) == {"placeholder": 2}
     assert "@@" not in train.tgt
     assert "\t" not in "".join(train.tgt)  # train.de line 7,366 holds a tab: normalised to a space
-    for split, lines in [("val", 1014), ("test_2016_flickr", 1000), ("test_2017_mscoco", 461), ("test_2018_flickr", 1071)]:
+    for split, lines in [("val", 1014), ("test_2016_flickr", 1000), ("test_2017_mscoco", 461),
+                         ("test_2018_flickr", 1071)]:
         assert len(load_split(config, split)) == lines
     de_en = load_split(replace(config, src_lang="de", tgt_lang="en"), "val")
     en_de = load_split(config, "val")
@@ -151,7 +152,8 @@ def test_upstream_sources_plain_text_gzip_and_wit3(http_mirror, cache, mirror):
         tar.addfile(info, io.BytesIO(data))
     (root / "talks.tgz").write_bytes(archive.getvalue())
     spec = CORPORA["multi30k"].file("test_2016_flickr", "de")
-    for i, source in enumerate([Source(f"{url}/plain.de", "text"), Source(f"{url}/multi30k/test_2016_flickr.de.gz", "gz"),
+    for i, source in enumerate([Source(f"{url}/plain.de", "text"),
+                                Source(f"{url}/multi30k/test_2016_flickr.de.gz", "gz"),
                                 Source(f"{url}/talks.tgz", "wit3", "de-en/talks.xml")]):
         path = fetch(replace(spec, source=source), Path(cache) / str(i), mirror=None)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256_text

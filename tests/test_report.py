@@ -55,7 +55,8 @@ paper_table3: true
 seeds: [1, 2]
 base:
   model: {{n_layers: 1, d_model: 32, d_ff: 64, n_heads: 4}}
-  data: {{corpus: custom, custom_files: {{train: {tmp_path / 'val.tsv'}, val: {tmp_path / 'val.tsv'}}}, test_splits: []}}
+  data: {{corpus: custom, custom_files: {{train: {tmp_path / 'val.tsv'}, val: {tmp_path / 'val.tsv'}}},
+         test_splits: []}}
   decode: {{beam_size: 4}}
   logging: {{wandb: disabled}}
 rows:
@@ -67,7 +68,8 @@ rows:
     study = load_study(study_file)
     url = storage_url(study)
     ostudy = open_study(study, url)
-    distributions = {"row": CategoricalDistribution([r.id for r in study.rows]), "seed": CategoricalDistribution([1, 2])}
+    distributions = {"row": CategoricalDistribution([r.id for r in study.rows]),
+                     "seed": CategoricalDistribution([1, 2])}
     hyps = {}
     for (row, seed), (bleu, ppl, keep) in STORED.items():
         run_dir = tmp_path / "runs" / "known" / f"{row}-s{seed}"
@@ -82,11 +84,13 @@ rows:
         (run_dir / "metrics.jsonl").write_text("".join(
             json.dumps({"step": s, "train_seconds": s, "val/loss": 3 - s / 100, "val/ppl": 20 - s / 10,
                         "val/bleu": bleu * s / 100}) + "\n" for s in (50, 100)))
-        attention = {k: {"entropy": 1.5, "confidence": 0.5, "distance": 2.0} for k in ("encoder_self", "decoder_self", "cross")}
+        attention = {k: {"entropy": 1.5, "confidence": 0.5, "distance": 2.0}
+                     for k in ("encoder_self", "decoder_self", "cross")}
         ostudy.add_trial(create_trial(
             state=TrialState.COMPLETE, value=bleu, params={"row": row, "seed": seed}, distributions=distributions,
             user_attrs={"bleu": bleu, "chrf": bleu + 20, "val_ppl": ppl, "val_loss": 1.0, "params": 1_500_000 * heads,
-                        "run_dir": str(run_dir), "attention": attention, "wandb_run_id": f"id-{row}-{seed}", "changes": study.row(row).changes,
+                        "run_dir": str(run_dir), "attention": attention, "wandb_run_id": f"id-{row}-{seed}",
+                        "changes": study.row(row).changes,
                         "sacrebleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"}))
     ostudy.add_trial(create_trial(
         state=TrialState.FAIL, params={"row": "D1", "seed": 2}, distributions=distributions,
@@ -118,12 +122,14 @@ def test_table_holds_exactly_the_stored_numbers_deltas_and_markers(known_study, 
     assert v.loc["A1", "paper_bleu"] == 24.9 and v.loc["A1", "paper_delta"] == -0.9
     assert v.loc["C2", "paper_ppl"] == 5.19 and v.loc["D1", "paper_delta"] == -1.2
     assert report.tables.agreement.startswith(
-        "The direction of the BLEU change agrees with the paper's for 1 of 3 rows; significantly (p < 0.05) for 1 of them")
+        "The direction of the BLEU change agrees with the paper's for 1 of 3 rows; "
+        "significantly (p < 0.05) for 1 of them")
     # Failed and pruned trials are listed with their reasons, never averaged in; missing ones named.
     status = "\n".join(report.status)
     assert "7 of 10 trials complete" in status
     assert "D1/seed 2 (fail)" in status and "E1/seed 1 (pruned)" in status and "E1/seed 2 (not queued)" in status
-    assert "diverged: training loss is nan at step 12" in status and "pruned at step 50 (validation value 3.25)" in status
+    assert ("diverged: training loss is nan at step 12" in status
+            and "pruned at step 50 (validation value 3.25)" in status)
     # Attention: the heads whose masking costs most, averaged over seeds.
     attention = report.tables.attention.set_index("row")
     assert attention.loc["base", "most_important_heads"].startswith("x L0H3 (+0.800), x L0H2 (+0.700)")
@@ -134,7 +140,8 @@ def test_every_format_is_written_and_consistent(known_study, tmp_path):
     out = tmp_path / "report"
     assert main(["report", study.path, "--out", str(out), "--samples", "500"]) == 0
     md = (out / "README.md").read_text()
-    assert "| A1    | 1   |" in md and "26.00 ± 1.41 (2)" in md and "-5.00**" in md and "+0.00" in md and "+3.00**" in md
+    assert ("| A1    | 1   |" in md and "26.00 ± 1.41 (2)" in md and "-5.00**" in md and "+0.00" in md
+            and "+3.00**" in md)
     assert "paired bootstrap resampling" in md and "nrefs:1|bs:500|seed:12345" in md
     assert "tok:13a" in md  # the BLEU signature in the caption
     for figure in ("axis_h", "axis_N", "axis_P_drop", "learning_curves", "heads_base", "heads_A1"):
@@ -150,7 +157,8 @@ def test_every_format_is_written_and_consistent(known_study, tmp_path):
     assert r"\begin{table}" in tex and r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"$\pm$" in tex and r"$\Delta$BLEU" in tex and "A1" in tex
     html = (out / "report.html").read_text()
-    assert html.count("<table") == 2 and html.count("data:image/png;base64,") == len(list((out / "figures").glob("*.png")))
+    assert (html.count("<table") == 2
+            and html.count("data:image/png;base64,") == len(list((out / "figures").glob("*.png"))))
 
 
 def test_rows_link_to_their_wandb_runs(known_study, tmp_path, monkeypatch):
@@ -236,7 +244,8 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,900"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -255,7 +264,8 @@ def test_html_page_loads_without_errors_and_shows_every_table_and_figure(known_s
     tables = browser.execute_script("return [...document.querySelectorAll('table')].map(t => t.rows.length)")
     assert tables == [1 + 5, 1 + 4]  # header + variants (base, A1, C2, D1, E1); header + rows with results
     images = browser.execute_script(
-        "return [...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0, i.getBoundingClientRect().width])")
+        "return [...document.images].map(i => "
+        "[i.alt, i.complete && i.naturalWidth > 0, i.getBoundingClientRect().width])")
     figures = sorted(p.stem for p in report.files if p.suffix == ".png")
     assert sorted(alt for alt, _, _ in images) == figures
     assert all(loaded and width > 100 for _, loaded, width in images), images

@@ -80,14 +80,16 @@ def test_cache_does_not_change_the_search():
     with_cache = beam_search(model, src, beam_size=4, max_len_b=7)
     without = beam_search(model, src, beam_size=4, max_len_b=7, use_cache=False)
     assert with_cache.tokens == without.tokens
-    assert greedy_search(model, src, max_len_b=7).tokens == greedy_search(model, src, max_len_b=7, use_cache=False).tokens
+    assert (greedy_search(model, src, max_len_b=7).tokens
+            == greedy_search(model, src, max_len_b=7, use_cache=False).tokens)
 
 
 def test_max_length_is_source_length_plus_b_and_never_special_tokens():
     model, src = model_and_source()
     # Make eos very unlikely so outputs run to the limit.
     with torch.no_grad():
-        model.tgt_embed.weight[EOS] = -10 * model.tgt_embed.weight[EOS].sign() * model.decoder_layers[-1].feed_forward.norm.weight.abs().mean()
+        model.tgt_embed.weight[EOS] = (-10 * model.tgt_embed.weight[EOS].sign()
+                                       * model.decoder_layers[-1].feed_forward.norm.weight.abs().mean())
     result = beam_search(model, src, beam_size=2, max_len_a=1.0, max_len_b=2)
     src_lengths = (src != PAD).sum(1).tolist()
     for output, n in zip(result.tokens, src_lengths):

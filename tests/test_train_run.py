@@ -57,7 +57,8 @@ def test_result_json_holds_real_scores(finished_run):
     hyps = (run_dir / "hypotheses" / "val.txt").read_text().splitlines()
     assert len(hyps) == 40
     import gzip
-    refs = [" ".join(l.split()) for l in gzip.open(Path(config.data.mirror) / "multi30k" / "val.de.gz", "rt")][:40]
+    refs = [" ".join(line.split())
+            for line in gzip.open(Path(config.data.mirror) / "multi30k" / "val.de.gz", "rt")][:40]
     assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert set(result["splits"]) == {"val", "test_2016_flickr"}
     assert set(result["attention"]) >= {"encoder_self", "decoder_self", "cross", "most_important_heads"}

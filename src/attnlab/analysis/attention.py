@@ -45,7 +45,8 @@ def attention_statistics(model: Transformer, src: Tensor, tgt_in: Tensor) -> dic
     model.eval()
     _, weights = model(src, tgt_in, return_attention=True)
     model.train(was_training)
-    queries = {"encoder_self": src != model.pad_id, "decoder_self": tgt_in != model.pad_id, "cross": tgt_in != model.pad_id}
+    queries = {"encoder_self": src != model.pad_id, "decoder_self": tgt_in != model.pad_id,
+               "cross": tgt_in != model.pad_id}
     out: dict[str, Any] = {}
     for kind in ATTENTION_KINDS:
         per_layer = [head_statistics(w.float(), queries[kind]) for w in weights[kind]]
@@ -86,7 +87,8 @@ def summarise(stats: dict[str, Any], importance: dict[str, Any] | None, top: int
         ranked = sorted(((value, kind, layer, head) for kind in ATTENTION_KINDS
                          for layer, row in enumerate(importance[kind]) for head, value in enumerate(row)), reverse=True)
         summary["most_important_heads"] = [
-            {"kind": kind, "layer": layer, "head": head, "loss_increase": value} for value, kind, layer, head in ranked[:top]]
+            {"kind": kind, "layer": layer, "head": head, "loss_increase": value}
+            for value, kind, layer, head in ranked[:top]]
     return summary
 
 

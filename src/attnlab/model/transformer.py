@@ -39,7 +39,7 @@ class Encoded:
     src_mask: Tensor  # (B, 1, 1, S) bool, True for real tokens
     src_lengths: Tensor = field(default_factory=lambda: torch.empty(0))  # (B,)
 
-    def index_select(self, index: Tensor) -> "Encoded":
+    def index_select(self, index: Tensor) -> Encoded:
         return Encoded(self.memory.index_select(0, index), self.src_mask.index_select(0, index),
                        self.src_lengths.index_select(0, index))
 
@@ -75,8 +75,10 @@ class Transformer(nn.Module):
         self.src_embed = self.tgt_embed if config.tie_embeddings == "all" else Embedding(vocab_size, config, pad_id)
         self.encoder_position = build_positional(config)
         self.decoder_position = build_positional(config)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(config, self.encoder_position) for _ in range(config.encoder_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(config, self.decoder_position) for _ in range(config.decoder_layers))
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(config, self.encoder_position) for _ in range(config.encoder_layers))
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(config, self.decoder_position) for _ in range(config.decoder_layers))
         self.encoder_norm, self.decoder_norm = final_norm(config), final_norm(config)
         self.dropout = nn.Dropout(config.dropout)
         # The pre-softmax projection shares the target embedding unless tie_embeddings="none".

@@ -122,7 +122,8 @@ def head_heatmaps(study: Study, frame: pd.DataFrame, directory: Path) -> list[Pa
         data.insert(0, "row", row)
         layers, heads = int(data["layer"].max()) + 1, int(data["head"].max()) + 1
         fig, axes = plt.subplots(len(KINDS), len(HEAD_STATS), squeeze=False,
-                                 figsize=(2.6 * len(HEAD_STATS) + max(0, heads - 8) * 0.25, 1.1 * len(KINDS) * max(layers, 2) / 2 + 1))
+                                 figsize=(2.6 * len(HEAD_STATS) + max(0, heads - 8) * 0.25,
+                                          1.1 * len(KINDS) * max(layers, 2) / 2 + 1))
         for i, kind in enumerate(KINDS):
             part = data[data["kind"] == kind]
             for j, stat in enumerate(HEAD_STATS):

@@ -134,7 +134,8 @@ def _tex_table(frame: pd.DataFrame, cap: str, label: str) -> str:
 def latex(name: str, tables: Tables, cap: str) -> str:
     """`table` environments with booktabs rules; \\usepackage{booktabs} in the preamble."""
     label = "".join(c if c.isalnum() else "-" for c in name)
-    parts = [f"% attnlab report of study {name}; needs \\usepackage{{booktabs}}", _tex_table(display_frame(tables), cap, f"tab:{label}")]
+    parts = [f"% attnlab report of study {name}; needs \\usepackage{{booktabs}}",
+             _tex_table(display_frame(tables), cap, f"tab:{label}")]
     attention = attention_display(tables)
     if not attention.empty:
         parts.append(_tex_table(attention, f"{name}: attention statistics per variant.", f"tab:{label}-attention"))
@@ -161,7 +162,8 @@ def html_page(title: str, description: str, tables: Tables, cap: str, status: li
     if description:
         parts.append(f"<p>{html.escape(description)}</p>")
     if status:
-        parts.append("<div class='status'>" + "".join(f"<p>{html.escape(s.lstrip('- '))}</p>" for s in status) + "</div>")
+        parts.append("<div class='status'>" + "".join(f"<p>{html.escape(s.lstrip('- '))}</p>" for s in status)
+                     + "</div>")
     frame = display_frame(tables, lambda text, url: f"<a href='{html.escape(url)}'>{html.escape(text)}</a>",
                           html.escape)  # cells escaped here, so to_html(escape=False) keeps only the links raw
     parts.append("<h2>Variants</h2>" + frame.to_html(index=False, classes="variants", border=0, escape=False))

@@ -44,7 +44,8 @@ def _key(item: Any) -> str:
 
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     """{"run": {id, name, project, group, job_type, tags}, "config": {...}, "summary": {...},
-    "history": [{key: value, ...} per step], "exit_code": int (absent while running)} of one offline run folder (or its .wandb file)."""
+    "history": [{key: value, ...} per step], "exit_code": int (absent while running)}
+    of one offline run folder (or its .wandb file)."""
     from wandb.proto import wandb_internal_pb2
 
     path = Path(run_dir)
