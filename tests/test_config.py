@@ -63,7 +63,7 @@ def test_configs_are_frozen():
     ({"dropout": "high"}, ["model.dropout='high' must be a number"]),
     ({"n_layers": 2.0}, ["model.n_layers=2.0 must be an integer"]),
     ({"n_layers": True}, ["model.n_layers=True must be an integer"]),  # YAML's yes is not a count
-    ({"d_k": "64"}, ["model.d_k='64' must be an integer or null"]),
+    ({"d_k": "64"}, ["model.d_k='64' must be an integer, or null"]),
     ({"positional": "sine", "d_ff": "x"}, ["positional='sine' must be one of", "model.d_ff='x'"]),  # both at once
 ])
 def test_values_of_the_wrong_type_name_the_path_and_the_type(values, words):
@@ -79,7 +79,7 @@ def test_values_of_the_wrong_type_name_the_path_and_the_type(values, words):
 def test_types_are_checked_however_a_config_is_built():
     from attnlab.config import TrainConfig
 
-    with pytest.raises(ConfigError, match="TrainConfig.max_steps='10' must be an integer or null"):
+    with pytest.raises(ConfigError, match="TrainConfig.max_steps='10' must be an integer, or null"):
         TrainConfig(max_steps="10")
     with pytest.raises(ConfigError, match="DecodeConfig.beam_size=4.5 must be an integer"):
         dataclasses.replace(DecodeConfig(), beam_size=4.5)

@@ -27,7 +27,8 @@ def describe(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin in (Union, types.UnionType):
-        return " or ".join(describe(a) for a in args)
+        named = [describe(a) for a in args if a is not type(None)]
+        return " or ".join(named) + (", or null" if type(None) in args else "")
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return "a list" if args[0] is Any else f"a list of values each {describe(args[0])}"
