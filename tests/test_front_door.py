@@ -216,6 +216,9 @@ def test_a_changed_row_is_refused_until_rerun_and_never_reported_under_its_new_d
     assert main(["sweep", "run", str(path), "--rerun-changed"]) == 0  # h1 again, h8 new
     trials = _trials(path)
     assert [t[1] for t in trials] == ["COMPLETE"] * 3 and trials[0] == stored[0]  # the old trial is kept as it was
+    study_dir = tmp_path / "studies" / "tiny"
+    assert (study_dir / "h1-s1.superseded-1" / "result.json").is_file()  # its run, never resumed by the new h1
+    assert "n_heads: 2" in (study_dir / "h1-s1" / "config.yaml").read_text()
     assert main(["sweep", "status", str(path)]) == 0
     status = capsys.readouterr().out
     assert "superseded" in status and "2 of 2 trials complete" in status
@@ -266,3 +269,28 @@ def test_a_password_on_the_command_line_reaches_no_file(tmp_path, mirror, postgr
     leaks = [str(p) for p in written if password.encode() in p.read_bytes()]
     assert not leaks
 
+
+
+def test_a_run_folder_is_resumed_only_by_its_own_config(tmp_path, mirror, capsys):
+    """Rerunning with a longer budget resumes; with another model it is refused before anything
+    is written; --restart keeps the old run beside the new one."""
+    config = {"name": "r", "output_dir": str(tmp_path / "runs"),
+              "model": {"n_layers": 1, "d_model": 32, "d_ff": 64, "n_heads": 4, "dropout": 0.0},
+              "data": {"mirror": mirror, "cache_dir": str(tmp_path / "cache"), "vocab_size": 500,
+                       "max_train_sentences": 300, "max_eval_sentences": 10, "test_splits": []},
+              "train": {"max_steps": 2, "warmup_steps": 1, "threads": 1, "val_bleu": False, "attention_stats": False},
+              "decode": {"beam_size": 1, "max_len_b": 5},
+              "logging": {"wandb": "disabled", "progress_bar": False, "quiet": True}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path)]) == 0
+    run = tmp_path / "runs" / "r"
+    assert main(["train", str(path), "--set", "train.max_steps=3"]) == 0  # a longer budget resumes
+    assert '"train_steps": 3' in (run / "result.json").read_text()
+    before = snapshot(tmp_path / "runs")
+    fails_cleanly(capsys, ["train", str(path), "--set", "model.n_heads=2"],
+                  f"{run} holds a run of another config (model.n_heads 4 -> 2)", "--restart")
+    assert snapshot(tmp_path / "runs") == before
+    assert main(["train", str(path), "--set", "model.n_heads=2", "--restart"]) == 0
+    assert (tmp_path / "runs" / "r.superseded-1" / "result.json").is_file()
+    assert "n_heads: 2" in (run / "config.yaml").read_text()

@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="train, evaluate and log one run", formatter_class=fmt)
     train.add_argument("config", help="YAML with name, output_dir and model/data/train/decode/logging sections")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
-    train.add_argument("--restart", action="store_true", help="ignore checkpoints in the run folder")
+    train.add_argument("--restart", action="store_true",
+                       help="start over; an existing run folder is kept as <name>.superseded-N")
     train.add_argument("--quiet", action="store_true", help="no progress bar; warnings and the result only")
     train.set_defaults(run=cmd_train)
 

@@ -7,11 +7,12 @@ everything below reads typed, validated fields. Derive a variant with `dataclass
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from attnlab.errors import ConfigError  # re-exported: `from attnlab.config import ConfigError`
-from attnlab.fields import check_types, from_dict, to_dict
+from attnlab.fields import check_types, flatten, from_dict, to_dict
 
 Positional = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
 NormPlacement = Literal["post", "pre"]
@@ -308,6 +309,12 @@ class LoggingConfig:
         object.__setattr__(self, "tags", tuple(self.tags))
 
 
+# Fields that do not change what a run computes: editing them never makes a run or a row "changed".
+NOT_DEFINING = ("name", "output_dir", "logging.", "data.cache_dir", "data.mirror", "train.threads",
+                "train.log_every_steps")
+# Budgets: a run may be resumed with more (or fewer) steps or minutes than it started with.
+BUDGETS = ("train.max_steps", "train.max_epochs", "train.max_minutes", "train.max_train_minutes")
+
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig,
             "logging": LoggingConfig}
 
@@ -334,6 +341,13 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+    def definition(self, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+        """What a run computes, as flat JSON-able fields (`model.n_heads: 4`), less the fields that
+        do not change it (NOT_DEFINING) and `ignore`: compared to notice that a stored run or a
+        study's row now means something else."""
+        values = flatten(json.loads(json.dumps(self.to_dict())))
+        return {k: v for k, v in values.items() if not k.startswith((*NOT_DEFINING, *ignore))}
 
 
 

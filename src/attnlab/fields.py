@@ -172,6 +172,13 @@ def flatten(changes: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 4) -> str:
+    """The fields that differ between two flat configs: "model.n_heads 1 -> 2, ... and 3 more"."""
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, "(unset)") != new.get(k, "(unset)")]
+    shown = [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def unflatten(dotted: Mapping[str, Any]) -> dict[str, Any]:
     """{"model.n_heads": 4} -> {"model": {"n_heads": 4}}."""
     out: dict[str, Any] = {}

@@ -10,12 +10,11 @@ rows run again. New rows and new seeds are a normal change: only they are queued
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
 from optuna.trial import TrialState
 
 from attnlab.errors import StudyError
+from attnlab.fields import describe_changes
 from attnlab.sweep.spec import Study
 
 DEFINITIONS_ATTR = "row_definitions"  # study user attribute: row id -> definition
@@ -35,18 +34,12 @@ def _row_of(trial: optuna.trial.FrozenTrial, study: Study) -> str:
     return str(params.get("row"))
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
-    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, "(unset)") != new.get(k, "(unset)")]
-    shown = [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys[:limit]]
-    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def changed_rows(ostudy: optuna.Study, study: Study) -> dict[str, str]:
     """Row id -> what changed, for rows whose trials (not superseded) ran under another definition."""
     stored = ostudy.user_attrs.get(DEFINITIONS_ATTR, {})
     gone = superseded(ostudy)
     ran = {_row_of(t, study) for t in ostudy.get_trials(deepcopy=False, states=RAN) if t._trial_id not in gone}
-    return {row_id: _differences(stored[row_id], new) for row_id, new in study.definitions.items()
+    return {row_id: describe_changes(stored[row_id], new) for row_id, new in study.definitions.items()
             if row_id in stored and row_id in ran and stored[row_id] != new}
 
 

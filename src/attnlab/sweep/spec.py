@@ -108,11 +108,6 @@ class StudyFile:
     """The same on every worker, so suggestions do not depend on who asks."""
 
 
-# Fields that do not change what a trial computes: editing them never makes a row "changed".
-NOT_DEFINING = ("name", "output_dir", "logging.", "data.cache_dir", "data.mirror", "train.threads",
-                "train.log_every_steps")
-
-
 @dataclass(frozen=True)
 class Row:
     """One variant: its id, the fields it changes against the base, the config it resolves to."""
@@ -125,8 +120,7 @@ class Row:
     def definition(self) -> dict[str, Any]:
         """The resolved config as flat, JSON-able fields: what the study stores to notice later
         that a row of the file now means something else."""
-        values = flatten(yaml.safe_load(yaml.safe_dump(self.config.to_dict())))
-        return {k: v for k, v in values.items() if not k.startswith(NOT_DEFINING)}
+        return self.config.definition()
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: s
              "trial_id": trial._trial_id, "changes": row.changes}
     with Heartbeat(ostudy, trial._trial_id):
         try:
-            result = train(config, extra=extra)
+            # A row edited and rerun (--rerun-changed) finds its old run folder: kept aside, never resumed.
+            result = train(config, extra=extra, replace_changed=True)
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1)
             _fail(ostudy, trial, "interrupted", "stopped by Ctrl-C; `attnlab sweep run` again resumes it")
             raise

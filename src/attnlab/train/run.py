@@ -38,6 +38,7 @@ from attnlab.train.evaluation import ValidationScorer, check_lengths, score, tra
 from attnlab.train.history import FILE as HISTORY_FILE
 from attnlab.train.history import History
 from attnlab.train.module import TranslationModule
+from attnlab.train.rundir import move_aside, must_move_aside
 from attnlab.train.tracking import finish, make_logger
 
 HEATMAP_SENTENCES = 3
@@ -128,12 +129,15 @@ def _log_final(logger, result: dict[str, Any], table: list[list[Any]], images: l
 
 
 def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] | None = None,
-          callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
+          callbacks: list[pl.Callback] | None = None, replace_changed: bool = False) -> dict[str, Any]:
     """Train, evaluate and log one run; returns result.json's content (on rank 0; {} elsewhere).
     `extra` goes into the W&B config and result.json (a sweep's trial number, say); `callbacks`
-    join the Trainer's (a pruning callback, say)."""
+    join the Trainer's (a pruning callback, say). An existing run folder is resumed if it holds
+    the same config; `resume=False`, or `replace_changed` for a folder of another config, keeps
+    the old folder beside the new run (train/rundir.py)."""
     start = time.perf_counter()
     run_dir = Path(config.output_dir) / config.name
+    move = must_move_aside(config, run_dir, resume, replace_changed)  # a folder of another config: refused
     if config.logging.quiet:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if config.train.threads:
@@ -148,6 +152,8 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     for split in (data.data.train, data.data.valid, *data.data.tests.values()):  # fail now, not mid-run
         check_lengths(model, split, targets=True)
     params = count_parameters(model)
+    if move:
+        print(f"{run_dir}: the earlier run is kept as {move_aside(run_dir)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
