@@ -83,6 +83,14 @@ CASES = {
                            ["space.train.peak_lr: low=1 is above high=0"]),
     "status of a study never run": (["sweep", "status", "{f}"], STUDY, ["no results for study 's'"]),
     "report of a study never run": (["report", "{f}"], STUDY, ["no results for study 's'"]),
+    "output_dir under a file": (["train", "{f}"], _with(CONFIG, "output_dir", "afile/runs"),
+                                ["output_dir='afile/runs'", "is a file, not a folder"]),
+    "cache_dir under a file": (["train", "{f}"], _with(CONFIG, "data.cache_dir", "afile/cache"),
+                               ["data.cache_dir='afile/cache'", "is a file, not a folder"]),
+    "study output_dir under a file": (["sweep", "run", "{f}"], _with(STUDY, "output_dir", "afile/x"),
+                                      ["s.yaml: output_dir='afile/x'"]),
+    "average onto one of its inputs": (["average", "afile", "afile2", "-o", "afile"], None,
+                                       ["-o afile is one of the checkpoints to average"]),
     "config --fields unknown section": (["config", "--fields", "modle"], None, ["not a section"]),
     "evaluate output folder missing": (["evaluate", "x.ckpt", "--split", "val", "--output", "no/such/h.txt"], None,
                                        ["folder", "does not exist"]),
@@ -96,6 +104,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case, tmp_path, monkeyp
     name = "s.yaml" if argv[0] in ("sweep", "report") else "c.yaml"
     if contents is not None:
         (tmp_path / name).write_text(contents if isinstance(contents, str) else yaml.safe_dump(contents))
+    (tmp_path / "afile").write_text("a file where a folder or a checkpoint belongs\n")
     before = snapshot(tmp_path)
     fails_cleanly(capsys, [a.replace("{f}", name) for a in argv], *expected)
     assert snapshot(tmp_path) == before

@@ -13,6 +13,7 @@ import yaml
 from attnlab.config import CONFIG_SHAPE, ConfigError, ExperimentConfig
 from attnlab.errors import AttnlabError
 from attnlab.fields import from_dict, parse_overrides, problems_of, read_yaml, set_path
+from attnlab.paths import check_output_file
 
 
 def _check_file(path: str | None, values: dict[str, Any]) -> None:
@@ -62,8 +63,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     import time
 
     from attnlab.data.datamodule import prepare
+    from attnlab.data.fetch import cache_dir
+    from attnlab.paths import check_writable_folder
 
     config = section_config(args.config, args.set, "data")
+    check_writable_folder(cache_dir(config.cache_dir), "data.cache_dir")
     start = time.perf_counter()
     summary = prepare(config).summary()
     summary["seconds"] = round(time.perf_counter() - start, 2)
@@ -114,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from attnlab.train.checkpoints import load_checkpoint
     from attnlab.train.evaluation import score, translate
 
-    writable_output(args.output, "--output")
+    check_output_file(args.output, "--output")
     model, vocab, config = load_checkpoint(args.checkpoint)
     decode = dataclasses.replace(config.decode, **({"beam_size": args.beam} if args.beam else {}))
     data = dataclasses.replace(config.data, max_eval_sentences=None)
@@ -149,7 +153,7 @@ def cmd_average(args: argparse.Namespace) -> int:
 
     from attnlab.train.checkpoints import average_checkpoints, step_checkpoints
 
-    writable_output(args.output, "-o")
+    check_output_file(args.output, "-o")
     paths = list(args.checkpoints)
     if args.last:
         if len(paths) != 1 or not Path(paths[0]).is_dir():
@@ -158,21 +162,10 @@ def cmd_average(args: argparse.Namespace) -> int:
         paths = step_checkpoints(folder)[-args.last :]
         if len(paths) < args.last:
             raise ConfigError(f"{folder} holds {len(paths)} step checkpoints, fewer than --last {args.last}")
+    if any(Path(p).resolve() == Path(args.output).resolve() for p in paths):
+        raise ConfigError(f"-o {args.output} is one of the checkpoints to average; write the average to a new file")
     print(average_checkpoints(paths, args.output))
     return 0
-
-
-def writable_output(path: str | None, option: str) -> None:
-    """An output file's folder must exist before any compute is spent on what goes into it."""
-    from pathlib import Path
-
-    if path is None:
-        return
-    folder = Path(path).expanduser().resolve().parent
-    if Path(path).is_dir():
-        raise ConfigError(f"{option} {path} is a folder; give a file name")
-    if not folder.is_dir():
-        raise ConfigError(f"{option} {path}: folder {folder} does not exist")
 
 
 def int_at_least(minimum: int):

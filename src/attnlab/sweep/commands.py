@@ -16,10 +16,12 @@ STORAGE_ENV = "ATTNLAB_STORAGE"  # how `run` hands the URL to its workers: never
 
 
 def _study_and_url(args: argparse.Namespace):
+    from attnlab.paths import check_writable_folder
     from attnlab.sweep.spec import load_study
     from attnlab.sweep.storage import storage_url
 
     study = load_study(args.study, args.set)  # every problem of the file, before anything starts
+    check_writable_folder(study.output_dir, f"{args.study}: output_dir")
     return study, storage_url(study, args.storage or os.environ.get(STORAGE_ENV))
 
 
@@ -158,9 +160,9 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from attnlab.cli import writable_output
+    from attnlab.paths import check_output_file
 
-    writable_output(args.output, "-o")
+    check_output_file(args.output, "-o")
     frame = pd.DataFrame(trials_table(args)[1])
     out = Path(args.output)
     if out.suffix == ".json":

@@ -31,8 +31,10 @@ from attnlab.analysis.attention import TABLE_COLUMNS, attention_statistics, head
 from attnlab.analysis.heatmaps import attention_heatmaps
 from attnlab.config import ExperimentConfig
 from attnlab.data.datamodule import EncodedSplit, TranslationDataModule
+from attnlab.data.fetch import cache_dir
 from attnlab.data.tokenizer import Vocabulary
 from attnlab.model import Transformer, build_model, count_parameters
+from attnlab.paths import check_writable_folder
 from attnlab.train.checkpoints import latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
@@ -137,6 +139,8 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     the old folder beside the new run (train/rundir.py)."""
     start = time.perf_counter()
     run_dir = Path(config.output_dir) / config.name
+    check_writable_folder(config.output_dir, "output_dir")
+    check_writable_folder(cache_dir(config.data.cache_dir), "data.cache_dir")
     move = must_move_aside(config, run_dir, resume, replace_changed)  # a folder of another config: refused
     if config.logging.quiet:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
