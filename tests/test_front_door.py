@@ -91,6 +91,12 @@ CASES = {
                                       ["s.yaml: output_dir='afile/x'"]),
     "average onto one of its inputs": (["average", "afile", "afile2", "-o", "afile"], None,
                                        ["-o afile is one of the checkpoints to average"]),
+    "no such accelerator": (["train", "{f}", "--set", "train.accelerator=mps"], CONFIG,  # Apple GPUs only
+                            ["train: accelerator='mps'"]),
+    "misspelt strategy": (["train", "{f}", "--set", "train.strategy=dpp"], CONFIG, ["strategy='dpp'"]),
+    "study on a missing accelerator": (["sweep", "run", "{f}"], _with(STUDY, "base.train.accelerator", "mps"),
+                                       ["train: accelerator='mps'"]),
+    "report --out a file": (["report", "{f}", "--out", "afile"], STUDY, ["--out='afile'", "is a file"]),
     "config --fields unknown section": (["config", "--fields", "modle"], None, ["not a section"]),
     "evaluate output folder missing": (["evaluate", "x.ckpt", "--split", "val", "--output", "no/such/h.txt"], None,
                                        ["folder", "does not exist"]),

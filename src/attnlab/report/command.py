@@ -8,6 +8,7 @@ from attnlab.config import ConfigError
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from attnlab.paths import check_writable_folder
     from attnlab.report.build import build_report, parse_formats
     from attnlab.report.significance import TESTS
     from attnlab.sweep import definitions
@@ -18,6 +19,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     if args.test not in TESTS:
         raise ConfigError(f"--test {args.test!r} is not one of {', '.join(TESTS)}")
+    if args.out:
+        check_writable_folder(args.out, "--out")
     study, url = existing_study_url(args)  # every problem of the file, before anything is read
     definitions.refuse_if_changed(open_existing(study, url), study, "report")
     report = build_report(study, url, args.out, formats, args.split, args.test, args.samples, args.wandb_links)

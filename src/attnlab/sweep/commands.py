@@ -30,6 +30,19 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def check_hardware(study) -> None:
+    """Each distinct accelerator/devices/strategy of the study's rows, tried before any trial."""
+    from attnlab.train.run import check_hardware as check
+
+    configs = [row.config.train for row in study.rows] or [study.base.train]
+    seen = set()
+    for t in configs:
+        key = (t.accelerator, str(t.devices), t.strategy, t.num_nodes, t.precision)
+        if key not in seen:
+            seen.add(key)
+            check(t)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from attnlab.sweep import definitions
     from attnlab.sweep.storage import enqueue_missing, open_study, queue_lock
@@ -37,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from attnlab.sweep.worker import summary, tune, work
 
     study, url = _study_and_url(args)
+    check_hardware(study)
     ostudy = open_study(study, url)
     with storage_faults(url), queue_lock(url):
         rerun = definitions.check(ostudy, study, rerun_changed=args.rerun_changed)
@@ -87,6 +101,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from attnlab.sweep.worker import tune, work
 
     study, url = _study_and_url(args)
+    check_hardware(study)
     ostudy = open_study(study, url)
     with storage_faults(url), queue_lock(url):
         definitions.check(ostudy, study)

@@ -29,10 +29,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from attnlab import allocator
 from attnlab.analysis.attention import TABLE_COLUMNS, attention_statistics, head_importance, rows, summarise
 from attnlab.analysis.heatmaps import attention_heatmaps
-from attnlab.config import ExperimentConfig
+from attnlab.config import ExperimentConfig, TrainConfig
 from attnlab.data.datamodule import EncodedSplit, TranslationDataModule
 from attnlab.data.fetch import cache_dir
 from attnlab.data.tokenizer import Vocabulary
+from attnlab.errors import ConfigError
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.paths import check_writable_folder
 from attnlab.train.checkpoints import latest_checkpoint
@@ -65,6 +66,29 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl
         enable_model_summary=not config.logging.quiet, use_distributed_sampler=False,  # our sampler shards
         default_root_dir=str(run_dir), log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0, **val_interval,
     )
+
+
+def check_hardware(t: TrainConfig) -> None:
+    """accelerator, devices, strategy, num_nodes and precision as Lightning will take them, tried
+    on a bare Trainer before any compute: `accelerator: gpu` on a machine without one, a misspelt
+    strategy, ... are one ConfigError line, not a traceback after data preparation."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    quiet = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+                   precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False)
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"train: accelerator={t.accelerator!r}, devices={t.devices!r}, strategy={t.strategy!r}, "
+                          f"num_nodes={t.num_nodes}: {first}") from None
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
 
 
 def _validation_loss(model: Transformer, split: EncodedSplit, max_tokens: int) -> float:
@@ -141,6 +165,7 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     run_dir = Path(config.output_dir) / config.name
     check_writable_folder(config.output_dir, "output_dir")
     check_writable_folder(cache_dir(config.data.cache_dir), "data.cache_dir")
+    check_hardware(config.train)
     move = must_move_aside(config, run_dir, resume, replace_changed)  # a folder of another config: refused
     if config.logging.quiet:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
