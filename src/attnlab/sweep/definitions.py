@@ -48,6 +48,9 @@ def check(ostudy: optuna.Study, study: Study, rerun_changed: bool = False) -> li
     their trials. Stores the file's definitions. Returns the ids of rows marked to rerun.
     Call it under the study's queue lock: workers may start at the same moment."""
     changed = changed_rows(ostudy, study)
+    if changed and study.tuning:  # every trial shares the base and the space: nothing to rerun row by row
+        raise StudyError(study.path, [f"the tuning study's base or space changed since its trials ran: "
+                                      f"{changed['(tuning)']}; give the study a new `study:` name"])
     if changed and not rerun_changed:
         lines = [f"row {row_id!r} changed since its trials ran: {what}" for row_id, what in changed.items()]
         lines.append(f"its results would be reported under the new definition. To go on, give the study a new "
