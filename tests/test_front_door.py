@@ -309,3 +309,25 @@ def test_a_run_folder_is_resumed_only_by_its_own_config(tmp_path, mirror, capsys
     assert main(["train", str(path), "--set", "model.n_heads=2", "--restart"]) == 0
     assert (tmp_path / "runs" / "r.superseded-1" / "result.json").is_file()
     assert "n_heads: 2" in (run / "config.yaml").read_text()
+
+
+def test_a_tuning_study_whose_base_changed_is_refused(tmp_path):
+    """No training needed: one stored trial, then the base changes under it."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from attnlab.errors import StudyError
+    from attnlab.sweep import definitions
+    from attnlab.sweep.spec import load_study
+
+    path = ROOT / "sweeps" / "smoke_tune.yaml"
+    study = load_study(path)
+    ostudy = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}", study_name=study.name)
+    definitions.check(ostudy, study)
+    ostudy.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0, params={"train.peak_lr": 1e-3},
+                                  distributions={"train.peak_lr": FloatDistribution(1e-5, 1e-2, log=True)}))
+    definitions.check(ostudy, load_study(path, ["train.threads=1"]))  # not a change of what trials compute
+    for changed in (["train.max_steps=81"], ["model.n_layers=2"]):
+        with pytest.raises(StudyError, match="base or space changed since its trials ran: (train|model)"):
+            definitions.check(ostudy, load_study(path, changed), rerun_changed=True)
