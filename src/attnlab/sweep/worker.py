@@ -33,6 +33,8 @@ def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: s
     if threads:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
     trial.set_user_attr("worker", worker)
+    trial.set_user_attr("row", row_id)  # shown by Optuna's own tools, which do not read fixed params
+    trial.set_user_attr("seed", seed)
     trial.set_user_attr("changes", row.changes)
     extra = {"study": study.name, "row": row_id, "seed": seed, "trial_number": trial.number,
              "trial_id": trial._trial_id, "changes": row.changes}
