@@ -154,6 +154,8 @@ def test_one_override_grammar_for_every_verb(tmp_path, capsys):
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
     assert load_experiment(str(tmp_path / "c.yaml"), ["model.n_heads=16", "train.peak_lr=1e-3"]).model.n_heads == 16
+    (tmp_path / "empty-section.yaml").write_text("name: r\ntrain:\n")  # `train:` alone is null in YAML
+    assert load_experiment(str(tmp_path / "empty-section.yaml"), ["train.max_steps=3"]).train.max_steps == 3
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(STUDY))
     study = load_study(tmp_path / "s.yaml", ["model.n_heads=2"])
     assert {r.config.model.n_heads for r in study.rows} == {2}

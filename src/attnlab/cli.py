@@ -208,11 +208,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def field_docs_table(cls: type) -> dict[str, tuple[str, str, str]]:
     """field -> (type, default, docstring) as printed by `attnlab config --fields`."""
-    import typing
+    from attnlab.fields import field_docs, field_types
 
-    from attnlab.fields import field_docs
-
-    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    hints, docs = field_types(cls), field_docs(cls)
     rows = {}
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:

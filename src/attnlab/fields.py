@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -85,6 +86,7 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     """Field name -> resolved type hint of a config dataclass."""
     hints = typing.get_type_hints(cls)
@@ -153,9 +155,9 @@ def set_path(values: dict[str, Any], dotted: str, value: Any, where: str = "--se
     *parents, leaf = dotted.split(".")
     node = values
     for key in parents:
-        node = node.setdefault(key, {})
-        if node is None:  # an empty section in YAML (`train:`)
-            node = {}
+        if node.get(key) is None:  # absent, or an empty section in YAML (`train:`)
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: {dotted!r} goes through a non-mapping value")
     node[leaf] = value

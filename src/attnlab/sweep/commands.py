@@ -43,17 +43,27 @@ def check_hardware(study) -> None:
             check(t)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _open_for_work(args: argparse.Namespace, rerun_changed: bool = False):
+    """The study, its URL and Optuna study for verbs that run trials: the file, the output folder,
+    the hardware and the row definitions checked first. Returns the rows marked to rerun too."""
     from attnlab.sweep import definitions
-    from attnlab.sweep.storage import enqueue_missing, open_study, queue_lock
-    from attnlab.sweep.urls import redact, storage_faults
-    from attnlab.sweep.worker import summary, tune, work
+    from attnlab.sweep.storage import open_study, queue_lock
+    from attnlab.sweep.urls import storage_faults
 
     study, url = _study_and_url(args)
     check_hardware(study)
     ostudy = open_study(study, url)
     with storage_faults(url), queue_lock(url):
-        rerun = definitions.check(ostudy, study, rerun_changed=args.rerun_changed)
+        rerun = definitions.check(ostudy, study, rerun_changed=rerun_changed)
+    return study, url, ostudy, rerun
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from attnlab.sweep.storage import enqueue_missing
+    from attnlab.sweep.urls import redact
+    from attnlab.sweep.worker import summary, tune, work
+
+    study, url, ostudy, rerun = _open_for_work(args, rerun_changed=args.rerun_changed)
     if rerun:
         print(f"rows {', '.join(rerun)} changed: their old trials are superseded and they run again", flush=True)
     if study.tuning:
@@ -95,16 +105,9 @@ def _spawn_workers(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from attnlab.sweep import definitions
-    from attnlab.sweep.storage import open_study, queue_lock
-    from attnlab.sweep.urls import storage_faults
     from attnlab.sweep.worker import tune, work
 
-    study, url = _study_and_url(args)
-    check_hardware(study)
-    ostudy = open_study(study, url)
-    with storage_faults(url), queue_lock(url):
-        definitions.check(ostudy, study)
+    study, url, _, _ = _open_for_work(args)
     (tune if study.tuning else work)(study, url, args.name or worker_name(), threads=args.threads)
     return 0
 
@@ -114,16 +117,13 @@ def existing_study_url(args: argparse.Namespace):
     error, not a new empty database."""
     from attnlab.errors import StudyError
     from attnlab.sweep.spec import load_study
+    from attnlab.sweep.storage import default_database, storage_url
 
     study = load_study(args.study, args.set)
     override = args.storage or os.environ.get(STORAGE_ENV)
-    if not override and not study.storage:
-        db = Path(study.output_dir) / study.name / "study.db"
-        if not db.exists():
-            raise StudyError(args.study, [f"no results for study {study.name!r}: {db} does not exist; run "
-                                          f"`attnlab sweep run {args.study}` first, or give --storage URL"])
-    from attnlab.sweep.storage import storage_url
-
+    if not override and not study.storage and not default_database(study).exists():
+        raise StudyError(args.study, [f"no results for study {study.name!r}: {default_database(study)} does not "
+                                      f"exist; run `attnlab sweep run {args.study}` first, or give --storage URL"])
     return study, storage_url(study, override)
 
 

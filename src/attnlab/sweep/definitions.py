@@ -1,6 +1,6 @@
 """A study remembers what its rows meant when their trials ran.
 
-Each row's resolved config (`Row.definition`, flat fields) is stored on the Optuna study. When
+Each row's resolved config (`ExperimentConfig.definition()`, flat fields) is stored on the Optuna study. When
 the file is edited so that a row with trials now means something else, `sweep run`, `sweep
 worker` and `report` refuse, naming each changed row and field: a table must never show old
 results under a new definition. `sweep run --rerun-changed` accepts the change: the old trials

@@ -116,12 +116,6 @@ class Row:
     changes: dict[str, Any]
     config: ExperimentConfig
 
-    @property
-    def definition(self) -> dict[str, Any]:
-        """The resolved config as flat, JSON-able fields: what the study stores to notice later
-        that a row of the file now means something else."""
-        return self.config.definition()
-
 
 @dataclass(frozen=True)
 class Study:
@@ -166,8 +160,8 @@ class Study:
         """Row id -> definition; a tuning study is one entry: its base and its space."""
         if self.tuning:
             space = {f"space.{k}": v for k, v in flatten(self.space).items()}
-            return {"(tuning)": {**Row("base", {}, self.base).definition, **space}}
-        return {row.id: row.definition for row in self.rows}
+            return {"(tuning)": {**self.base.definition(), **space}}
+        return {row.id: row.config.definition() for row in self.rows}
 
     def trial_config(self, row: Row, seed: int) -> ExperimentConfig:
         """The row's config for one seed, named and placed under the study's folder."""
@@ -321,7 +315,7 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
     except ConfigError as error:
         raise StudyError(path, [str(error).removeprefix(f"{path}: ").removeprefix(f"{path} ")]) from None
     spec, problems = _study_file(document)
-    base_values = dict(spec.base or {})
+    base_values = copy.deepcopy(dict(spec.base or {}))  # --set writes into it
     for key, value in parse_overrides(overrides, ExperimentConfig).items():  # an error here names --set
         set_path(base_values, key, value)
     base, found = _resolve(base_values, "base")

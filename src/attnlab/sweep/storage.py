@@ -46,9 +46,14 @@ def storage_url(study: Study, override: str | None = None) -> str:
         return check_storage_url(override, "--storage")
     if study.storage:
         return check_storage_url(study.storage, f"{study.path}: storage")
-    folder = Path(study.output_dir) / study.name
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(folder / 'study.db').resolve()}"
+    path = default_database(study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path.resolve()}"
+
+
+def default_database(study: Study) -> Path:
+    """Where a study without a storage URL keeps its trials: SQLite in the study's folder."""
+    return Path(study.output_dir) / study.name / "study.db"
 
 
 SCHEMA_LOCK_KEY = 72540002  # creating Optuna's tables and the study: one process at a time
