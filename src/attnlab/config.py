@@ -262,8 +262,13 @@ class TrainConfig:
     """Also write a checkpoint every n steps (default: at each validation)."""
     accelerator: str = "auto"
     devices: int | str = "auto"
+    """Processes per node (GPUs, or CPU processes): 2, "0,1", or auto."""
     strategy: str = "auto"
+    """ddp (Lightning starts the ranks, or torchrun/srun did), ddp_spawn, or auto."""
     num_nodes: int = 1
+    """Machines; more than 1 needs torchrun or srun to start a process per node."""
+    rendezvous_timeout: float = 45.0
+    """Seconds the ranks of a multi-process run wait for each other before failing with a message."""
     threads: int | None = None
     """torch.set_num_threads for this process; None keeps torch's default."""
     log_every_steps: int = 10
@@ -282,6 +287,8 @@ class TrainConfig:
             raise ConfigError("TrainConfig: set lr_scale or peak_lr, not both")
         if self.val_beam_size is not None and self.val_beam_size < 1:
             raise ConfigError(f"TrainConfig.val_beam_size={self.val_beam_size} must be >= 1 or None")
+        if self.rendezvous_timeout <= 0:
+            raise ConfigError(f"TrainConfig.rendezvous_timeout={self.rendezvous_timeout} must be > 0 seconds")
         for name in ("warmup_steps", "accumulate_grad_batches", "keep_checkpoints", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
@@ -311,7 +318,35 @@ class LoggingConfig:
 
 # Fields that do not change what a run computes: editing them never makes a run or a row "changed".
 NOT_DEFINING = ("name", "output_dir", "logging.", "data.cache_dir", "data.mirror", "train.threads",
-                "train.log_every_steps")
+                "train.log_every_steps", "train.rendezvous_timeout")
+# Where and how a run is split, not what it computes: a definition holds their one product that
+# does, the batches per optimizer step, so 2 ranks and 1 process accumulating 2 batches are one run.
+PLACEMENT = ("train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.accumulate_grad_batches")
+BATCHES_PER_STEP = "train.devices x num_nodes x accumulate_grad_batches"
+
+
+def device_count(devices: int | str, accelerator: str = "auto") -> int | None:
+    """How many processes per node `train.devices` asks for; None when the machine decides (auto, -1)."""
+    if isinstance(devices, int):
+        return devices if devices > 0 else None
+    text = devices.strip()
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return 1 if accelerator == "cpu" and text == "auto" else None
+
+
+def without_placement(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat definition with the placement fields replaced by BATCHES_PER_STEP (also for
+    definitions stored before it existed; idempotent)."""
+    if not any(k in flat for k in PLACEMENT):
+        return dict(flat)
+    out = {k: v for k, v in flat.items() if k not in PLACEMENT}
+    nodes, accumulate = flat.get("train.num_nodes", 1), flat.get("train.accumulate_grad_batches", 1)
+    devices = device_count(flat.get("train.devices", "auto"), flat.get("train.accelerator", "auto"))
+    out[BATCHES_PER_STEP] = devices * nodes * accumulate if devices else f"auto x {nodes} x {accumulate}"
+    return out
 # Budgets: a run may be resumed with more (or fewer) steps or minutes than it started with.
 BUDGETS = ("train.max_steps", "train.max_epochs", "train.max_minutes", "train.max_train_minutes")
 
@@ -346,7 +381,7 @@ class ExperimentConfig:
         """What a run computes, as flat JSON-able fields (`model.n_heads: 4`), less the fields that
         do not change it (NOT_DEFINING) and `ignore`: compared to notice that a stored run or a
         study's row now means something else."""
-        values = flatten(json.loads(json.dumps(self.to_dict())))
+        values = without_placement(flatten(json.loads(json.dumps(self.to_dict()))))
         return {k: v for k, v in values.items() if not k.startswith((*NOT_DEFINING, *ignore))}
 
 

@@ -38,3 +38,7 @@ class StorageError(AttnlabError):
 
 class CheckpointError(AttnlabError):
     """A file that is not a usable attnlab checkpoint, or one that no longer matches its tokenizer."""
+
+
+class LaunchError(AttnlabError):
+    """A multi-process launch whose ranks cannot come together (world size, nodes, master address)."""

@@ -1,9 +1,12 @@
 """Batches by token budget: sentences of similar length together, batch order shuffled by seed.
 
 A batch holds at most `max_tokens` tokens on each side counting padding (batch size x longest
-sentence), the paper's "batches of about 25,000 source and 25,000 target tokens". Under DDP
-every rank gets disjoint batches and the same number of them: batches are split until their
-count divides the number of ranks, so nothing is dropped or repeated.
+sentence), the paper's "batches of about 25,000 source and 25,000 target tokens".
+
+An optimizer step takes `batches_per_step` = ranks x accumulate_grad_batches batches. The epoch's
+batches are split until their count is a multiple of it, shuffled, and dealt to the ranks in
+turn: nothing is dropped or repeated, every step is full, and the list depends on the product
+only, so 2 ranks and 1 process accumulating 2 batches train on exactly the same steps.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]
     while len(batches) % multiple:
         largest = max(range(len(batches)), key=lambda j: len(batches[j]))
         if len(batches[largest]) < 2:
-            raise ConfigError(f"{len(batches)} single-sentence batches cannot be shared evenly by {multiple} ranks; "
-                              "raise data.max_tokens or use fewer devices")
+            raise ConfigError(f"{len(batches)} single-sentence batches cannot fill steps of {multiple} batches "
+                              "(ranks x train.accumulate_grad_batches); raise data.max_tokens or use fewer devices")
         b = batches.pop(largest)
         batches += [b[: len(b) // 2], b[len(b) // 2 :]]
     return batches
@@ -55,7 +58,8 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Yields lists of dataset indices; call `set_epoch` (Lightning does) for a new order."""
 
     def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int,
-                 shuffle: bool = True, seed: int = 1, num_replicas: int = 1, rank: int = 0) -> None:
+                 shuffle: bool = True, seed: int = 1, num_replicas: int = 1, rank: int = 0,
+                 accumulate: int = 1) -> None:
         longest = max(max(src_lengths, default=0), max(tgt_lengths, default=0))
         if longest > max_tokens:
             raise ConfigError(f"data.max_tokens={max_tokens} is smaller than the longest sentence ({longest} tokens); "
@@ -65,8 +69,9 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.src_lengths, self.tgt_lengths = list(src_lengths), list(tgt_lengths)
         self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self.batches_per_step = num_replicas * accumulate
         self._cached: tuple[int, list[list[int]]] | None = None
-        self.resume: tuple[int, int] | None = None  # (epoch, batches already done) after a restart
+        self.resume: tuple[int, int] | None = None  # (epoch, batches done by all ranks) after a restart
 
     @property
     def sampler(self) -> TokenBatchSampler:
@@ -84,7 +89,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _make_batches(self) -> list[list[int]]:
         seed = self.seed * 100_003 + self.epoch if self.shuffle else None
         batches = token_batches(self.src_lengths, self.tgt_lengths, self.max_tokens, seed)
-        batches = split_to_multiple(batches, self.num_replicas)
+        batches = split_to_multiple(batches, self.batches_per_step)
         if self.shuffle:
             random.Random(seed).shuffle(batches)
         return batches[self.rank :: self.num_replicas]
@@ -92,7 +97,9 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches()
         if self.resume is not None and self.resume[0] == self.epoch:
-            batches = batches[self.resume[1] :]  # a run resumed mid-epoch continues where it stopped
+            # A run resumed mid-epoch continues where it stopped; the position is a whole number
+            # of steps, so it falls on the same place of every rank's share.
+            batches = batches[self.resume[1] // self.num_replicas :]
             self.resume = None
         return iter(batches)
 

@@ -14,7 +14,7 @@ from attnlab.data.batching import TokenBatchSampler
 from attnlab.data.corpora import Parallel, load_split
 from attnlab.data.fetch import cache_dir
 from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary, train_vocabulary
-from attnlab.errors import DataError
+from attnlab.errors import CheckpointError, DataError
 
 
 class EncodedSplit(Dataset):
@@ -98,6 +98,14 @@ def prepare(config: DataConfig) -> Prepared:
                     {name: EncodedSplit(split, vocab) for name, split in tests.items()})
 
 
+def global_batch_mismatch(stored: int, here: int) -> str:
+    """Why a checkpoint cannot be resumed with another number of batches per optimizer step."""
+    return (f"its run took {stored} batches per optimizer step (ranks x train.accumulate_grad_batches) and this "
+            f"launch takes {here}: resuming would change the global batch (and a position mid-epoch has no "
+            f"equivalent). Resume with devices x num_nodes x accumulate_grad_batches = {stored} (e.g. on 1 rank with "
+            f"--set train.accumulate_grad_batches={stored}), or start over with --restart")
+
+
 class TranslationDataModule(pl.LightningDataModule):
     """Token-budget batches for Lightning. Use Trainer(use_distributed_sampler=False): the batch
     sampler already gives each rank its own batches."""
@@ -106,7 +114,7 @@ class TranslationDataModule(pl.LightningDataModule):
         super().__init__()
         self.config, self.num_workers = config, num_workers
         self.data: Prepared | None = None
-        self._resume: tuple[int, int] | None = None
+        self._resume: tuple[int, int, int | None] | None = None
 
     def prepare_data(self) -> None:
         prepare(self.config)  # rank 0 only: downloads and the vocabulary land in the shared cache
@@ -120,11 +128,11 @@ class TranslationDataModule(pl.LightningDataModule):
         assert self.data is not None, "call setup() first"
         return self.data.vocab
 
-    def _loader(self, split: EncodedSplit, shuffle: bool, distributed: bool) -> DataLoader:
+    def _loader(self, split: EncodedSplit, shuffle: bool, distributed: bool, accumulate: int = 1) -> DataLoader:
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if (distributed and trainer) else (1, 0)
         sampler = TokenBatchSampler(split.src_lengths, split.tgt_lengths, self.config.max_tokens, shuffle=shuffle,
-                                    seed=self.config.seed, num_replicas=replicas, rank=rank)
+                                    seed=self.config.seed, num_replicas=replicas, rank=rank, accumulate=accumulate)
         # Its own generator: creating an iterator must not draw from the global RNG, or dropout
         # masks after a resume would differ from those of an uninterrupted run.
         generator = torch.Generator().manual_seed(self.config.seed)
@@ -132,23 +140,31 @@ class TranslationDataModule(pl.LightningDataModule):
                           generator=generator)
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader(self.data.train, shuffle=True, distributed=True)
-        loader.batch_sampler.resume = self._resume
+        loader = self._loader(self.data.train, shuffle=True, distributed=True,
+                              accumulate=self.trainer.accumulate_grad_batches if self.trainer else 1)
+        if self._resume is not None:
+            epoch, done, per_step = self._resume
+            if per_step not in (None, loader.batch_sampler.batches_per_step):
+                raise CheckpointError(global_batch_mismatch(per_step, loader.batch_sampler.batches_per_step))
+            loader.batch_sampler.resume = (epoch, done)
         return loader
 
     def state_dict(self) -> dict[str, int]:
-        """Saved in checkpoints: where in the epoch training stopped, so a resumed run skips the
-        batches it already trained on instead of seeing them twice."""
+        """Saved in checkpoints: where in the epoch training stopped (batches done by all ranks),
+        so a resumed run skips the batches it already trained on instead of seeing them twice,
+        on any number of ranks that keeps the batches per step."""
         if self.trainer is None:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
         # `processed`, not `completed`: a checkpoint written in on_train_batch_end comes before
         # Lightning counts that batch as completed, yet the batch has been trained on.
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed * world,
+                "batches_per_step": world * accumulate, "world_size": world}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state:
-            self._resume = (state["epoch"], state["batches_done"])
+        if state:  # checkpoints before batches_per_step was stored: one process, position as is
+            self._resume = (state["epoch"], state["batches_done"], state.get("batches_per_step"))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data.valid, shuffle=False, distributed=True)

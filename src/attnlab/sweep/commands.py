@@ -32,7 +32,7 @@ def worker_name() -> str:
 
 def check_hardware(study) -> None:
     """Each distinct accelerator/devices/strategy of the study's rows, tried before any trial."""
-    from attnlab.train.run import check_hardware as check
+    from attnlab.train.launch import resolve as check
 
     configs = [row.config.train for row in study.rows] or [study.base.train]
     seen = set()
@@ -73,23 +73,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         queued = enqueue_missing(ostudy, study, url, retry_failed=args.retry_failed)
         print(f"study {study.name!r}: {len(study.rows)} rows x {len(study.seeds)} seeds = {len(study.trials())} "
               f"trials; {queued} queued now; storage {redact(url)}", flush=True)
-    if args.workers == 1:
+    if args.workers == 1 and not args.devices:
         (tune if study.tuning else work)(study, url, worker_name(), threads=args.threads)
-    else:
-        _spawn_workers(args, url)
+    else:  # --devices: even one worker is a process of its own, so that it sees only its devices
+        _spawn_workers(args, url, device_groups(study, args.devices, args.workers))
     print(json.dumps(summary(ostudy)))
     return 0
 
 
-def _spawn_workers(args: argparse.Namespace, url: str) -> None:
-    """N worker processes on this machine, each with its share of the cores or its own device."""
-    devices = [d for d in (args.devices or "").split(",") if d]
+def device_groups(study, devices: str | None, workers: int) -> list[str]:
+    """Each worker's CUDA_VISIBLE_DEVICES: one device each for trials on one device (worker i
+    gets device i mod n), or disjoint groups of `train.devices` for trials that run DDP over
+    several (--workers 2 --devices 0,1,2,3 with train.devices: 2 gives 0,1 and 2,3)."""
+    from attnlab.config import device_count
+    from attnlab.errors import ConfigError
+
+    ids = [d for d in (devices or "").split(",") if d]
+    if not ids:
+        return []
+    configs = [row.config.train for row in study.rows] or [study.base.train]
+    per_trial = max(device_count(t.devices, t.accelerator) or 1 for t in configs)
+    if per_trial == 1:
+        return [ids[i % len(ids)] for i in range(workers)]
+    if workers * per_trial > len(ids):
+        raise ConfigError(f"--workers {workers} x train.devices {per_trial} (each trial's ranks) needs "
+                          f"{workers * per_trial} devices, but --devices lists {len(ids)} ({','.join(ids)}): list "
+                          "more devices or start fewer workers")
+    return [",".join(ids[i * per_trial:(i + 1) * per_trial]) for i in range(workers)]
+
+
+def _spawn_workers(args: argparse.Namespace, url: str, devices: list[str]) -> None:
+    """N worker processes on this machine, each with its share of the cores or its own devices."""
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     procs = []
     for i in range(args.workers):
         env = {**os.environ, STORAGE_ENV: url}
         if devices:
-            env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
         cmd = [sys.executable, "-m", "attnlab.cli", "sweep", "worker", args.study, "--name", f"{worker_name()}-{i}",
                "--threads", str(threads), *(f"--set={pair}" for pair in args.set)]
         procs.append(subprocess.Popen(cmd, env=env))
@@ -212,7 +232,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="queue missing trials and work on them (resumes a study)", formatter_class=fmt)
     common(run)
     run.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine")
-    run.add_argument("--devices", type=device_list, help="comma-separated GPU ids; worker i gets device i mod n")
+    run.add_argument("--devices", type=device_list,
+                     help="comma-separated GPU ids; worker i gets device i mod n, or its own train.devices of them "
+                          "for trials that run DDP over several")
     run.add_argument("--threads", type=positive_int, help="torch threads per worker (default: cores / workers)")
     run.add_argument("--retry-failed", action="store_true", help="also rerun trials that diverged or failed")
     run.add_argument("--rerun-changed", action="store_true",

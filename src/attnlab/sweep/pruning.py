@@ -1,7 +1,9 @@
 """Pruning hopeless tuning trials from their validation curve, also under DDP.
 
 optuna-integration's Lightning callback reports once per epoch; our validations run every n
-steps, so this one reports at the global step. Rank 0 reports and decides, every rank stops.
+steps, so this one reports at the global step. Rank 0 reports and decides; the module hands
+rank 0's decision to every rank (TranslationModule.on_validation_end), so the ranks that
+Lightning's launcher re-executes need no copy of this callback.
 """
 
 from __future__ import annotations
@@ -21,14 +23,11 @@ class PruneOnValidation(pl.Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or value is None:
             return
-        stop = False
         if trainer.is_global_zero:
             self.trial.report(float(value), step=trainer.global_step)
-            stop = self.trial.should_prune()
-            if stop:  # kept in storage: a spawned worker's flag would not reach the main process
+            if self.trial.should_prune():  # kept in storage: a spawned rank's flag would not reach the main process
                 self.trial.storage.set_trial_system_attr(self.trial._trial_id, PRUNED_AT, trainer.global_step)
-        if trainer.strategy.broadcast(stop):
-            trainer.should_stop = True
+                trainer.should_stop = True
 
     def check_pruned(self) -> None:
         """Raise TrialPruned after fit when any validation decided to prune."""

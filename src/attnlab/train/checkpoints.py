@@ -186,3 +186,19 @@ def _check_same_parameters(first_path: str | Path, first: dict[str, torch.Tensor
         if v.shape != first[k].shape:
             raise CheckpointError(f"{path} has {k} of shape {tuple(v.shape)} but {first_path} of "
                                   f"{tuple(first[k].shape)}; average checkpoints of one run only")
+
+
+def check_resumable(path: Path, batches_per_step: int) -> None:
+    """A checkpoint resumes only with the batches per optimizer step it was trained with (any
+    split of them into ranks and accumulation): checked before any compute, reading its small
+    entries only (memory-mapped)."""
+    from attnlab.data.datamodule import TranslationDataModule, global_batch_mismatch
+
+    _check_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except _LOAD_ERRORS as error:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({_first_line(error)})") from None
+    stored = (checkpoint.get(TranslationDataModule.__qualname__) or {}).get("batches_per_step")
+    if stored is not None and stored != batches_per_step:
+        raise CheckpointError(f"cannot resume from {path}: {global_batch_mismatch(stored, batches_per_step)}")

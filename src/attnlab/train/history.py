@@ -22,6 +22,7 @@ class History(pl.Callback):
     def __init__(self, run_dir: Path, every: int) -> None:
         self.path = Path(run_dir) / FILE
         self.every = max(1, every)
+        self._last_step = -1  # with gradient accumulation, several batches end at the same step
 
     def _append(self, trainer: pl.Trainer, module: pl.LightningModule, prefix: str) -> None:
         if trainer.global_rank != 0 or trainer.sanity_checking:
@@ -35,8 +36,13 @@ class History(pl.Callback):
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step  # a resumed run's first batches end at the checkpoint's step
+
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self.every == 0 and trainer.global_step > 0:
+        step = trainer.global_step
+        if step % self.every == 0 and step > 0 and step != self._last_step:
+            self._last_step = step
             self._append(trainer, module, "train/")
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:

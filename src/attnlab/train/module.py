@@ -45,6 +45,8 @@ class TranslationModule(pl.LightningModule):
         self._last_step_time: float | None = None
         self.train_tokens = 0
         self.train_seconds = 0.0
+        self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss, NLL, tokens, batches of this step
+        self._step_seconds = 0.0
 
     def setup(self, stage: str) -> None:
         # Spawned DDP ranks exit right after fit; a gloo process group still alive at interpreter
@@ -73,22 +75,44 @@ class TranslationModule(pl.LightningModule):
         if self._last_step_time is not None:  # time since the previous batch: forward+backward+step
             elapsed = now - self._last_step_time
             self.train_seconds += elapsed
+            self._step_seconds += elapsed
             self.train_tokens += tokens
-            self.log("train/tokens_per_s", tokens / elapsed, on_step=True, prog_bar=True)
-            budget = self.train_config.max_train_minutes
-            if budget is not None and self.train_seconds >= 60 * budget:
-                self.trainer.should_stop = True
         self._last_step_time = now
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
-        self.log("train/ppl", math.exp(min(nll.item() / max(tokens, 1), 50)), on_step=True)
+        self._step_sums += torch.stack([loss.detach().double(), nll.double(),
+                                        torch.tensor(float(tokens), dtype=torch.float64, device=nll.device),
+                                        torch.ones((), dtype=torch.float64, device=nll.device)])
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:  # this batch completes an optimizer step
+            self._end_of_step(self.global_step + 1)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         self.log("global_step", float(self.global_step), on_step=True)
         return loss
+
+    def _end_of_step(self, step: int) -> None:
+        """Log the step's global batch (every micro-batch of every rank: the batch whose gradient
+        is applied, so a 2-rank run and a 1-process run accumulating 2 batches log the same
+        curve) every `log_every_steps`, and decide the time budget on the same steps on every rank."""
+        every, world = max(1, self.train_config.log_every_steps), self.trainer.world_size
+        if step % every == 0:
+            loss_sum, nll_sum, tokens, batches = self.trainer.strategy.reduce(self._step_sums, reduce_op="sum").tolist()
+            self.log("train/loss", loss_sum / batches, on_step=True, prog_bar=True)
+            self.log("train/ppl", math.exp(min(nll_sum / max(tokens, 1), 50)), on_step=True)
+            if self._step_seconds > 0:
+                self.log("train/tokens_per_s", tokens / self._step_seconds, on_step=True, prog_bar=True)
+        self._step_sums = torch.zeros_like(self._step_sums)
+        self._step_seconds = 0.0
+        budget = self.train_config.max_train_minutes
+        if budget is not None and (world == 1 or step % every == 0):
+            stop = self.train_seconds >= 60 * budget
+            # Each rank has its own clock: rank 0 decides, or the ranks would stop on different steps.
+            self.trainer.should_stop = bool(self.trainer.strategy.broadcast(stop)) if world > 1 else stop
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = [p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]
         if norms:
             self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True)
+
+    def on_train_start(self) -> None:
+        self._step_sums = self._step_sums.to(self.device)
 
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None
@@ -97,14 +121,26 @@ class TranslationModule(pl.LightningModule):
         """Totals over all ranks: tokens summed, time of the slowest rank."""
         tokens, seconds = float(self.train_tokens), self.train_seconds
         if dist.is_available() and dist.is_initialized():
-            totals = torch.tensor([tokens, seconds], dtype=torch.float64)
+            totals = torch.tensor([tokens, seconds], dtype=torch.float64, device=self.device)
             dist.all_reduce(totals[:1])
             dist.all_reduce(totals[1:], op=dist.ReduceOp.MAX)
             tokens, seconds = totals.tolist()
+        stats = {"train_steps": self.global_step, "epochs": self.current_epoch, "train_tokens": int(tokens),
+                 "train_seconds": seconds, "world_size": self.trainer.world_size}
+        if self.trainer.world_size > 1:
+            stats["weights_max_rank_difference"] = self._weights_difference()
         if self.stats_path and self.trainer.global_rank == 0:
             with open(self.stats_path, "w") as f:
-                json.dump({"train_steps": self.global_step, "epochs": self.current_epoch, "train_tokens": int(tokens),
-                           "train_seconds": seconds, "world_size": self.trainer.world_size}, f)
+                json.dump(stats, f)
+
+    def _weights_difference(self) -> float:
+        """Largest difference between any rank's and rank 0's weight fingerprints (per tensor: sum
+        and sum of magnitudes, in float64); 0.0 when DDP kept every rank's weights identical."""
+        fingerprint = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
+                                   for p in self.model.parameters()])
+        every = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, fingerprint)
+        return float(max((f - every[0]).abs().max() for f in every))
 
     # -- validation ------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -137,6 +173,12 @@ class TranslationModule(pl.LightningModule):
         if hyps and self.scorer is not None:
             for name, value in self.scorer(hyps).items():
                 self.log(f"val/{name}", value, sync_dist=True)
+
+    def on_validation_end(self) -> None:
+        # Callbacks' on_validation_end ran first: a stop decided on rank 0 alone (pruning) is
+        # everyone's, or rank 0 would leave fit while the others wait in the next step's all-reduce.
+        if self.trainer.world_size > 1 and not self.trainer.sanity_checking:
+            self.trainer.should_stop = bool(self.trainer.strategy.broadcast(self.trainer.should_stop))
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

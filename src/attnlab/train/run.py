@@ -7,7 +7,8 @@
         heatmaps/*.png       attention of a few fixed validation sentences
         attention.csv        statistics per kind, layer and head
         metrics.jsonl        learning curve: training loss and every validation (train/history.py)
-        result.json          scores, PPL, params, throughput, attention summary
+        result.json          scores, PPL, params, throughput, attention summary, launch
+        ranks.json           each rank of a multi-process run: host, pid, allocator, devices (train/ranks.py)
         wandb/               the W&B run (offline runs: `wandb sync` it later)
 """
 
@@ -33,15 +34,17 @@ from attnlab.config import ExperimentConfig, TrainConfig
 from attnlab.data.datamodule import EncodedSplit, TranslationDataModule
 from attnlab.data.fetch import cache_dir
 from attnlab.data.tokenizer import Vocabulary
-from attnlab.errors import ConfigError
+from attnlab.errors import AttnlabError, LaunchError
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.paths import check_writable_folder
-from attnlab.train.checkpoints import latest_checkpoint
+from attnlab.train.checkpoints import check_resumable, latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
 from attnlab.train.history import History
+from attnlab.train.launch import Launch, Plan, children_run, join, leave, resolve, share
 from attnlab.train.module import TranslationModule
-from attnlab.train.rundir import move_aside, must_move_aside
+from attnlab.train.ranks import Recount, SameRun
+from attnlab.train.rundir import CONFIG_FILE, move_aside, must_move_aside
 from attnlab.train.tracking import finish, make_logger
 
 HEATMAP_SENTENCES = 3
@@ -68,27 +71,10 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl
     )
 
 
-def check_hardware(t: TrainConfig) -> None:
-    """accelerator, devices, strategy, num_nodes and precision as Lightning will take them, tried
-    on a bare Trainer before any compute: `accelerator: gpu` on a machine without one, a misspelt
-    strategy, ... are one ConfigError line, not a traceback after data preparation."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    quiet = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [log.level for log in quiet]
-    for log in quiet:
-        log.setLevel(logging.ERROR)
-    try:
-        pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-                   precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False)
-    except (MisconfigurationException, ValueError, TypeError, ImportError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"train: accelerator={t.accelerator!r}, devices={t.devices!r}, strategy={t.strategy!r}, "
-                          f"num_nodes={t.num_nodes}: {first}") from None
-    finally:
-        for log, level in zip(quiet, levels):
-            log.setLevel(level)
+def check_hardware(t: TrainConfig) -> Launch:
+    """accelerator, devices, strategy, num_nodes and precision as Lightning will take them, and
+    the launch they make with this process's environment (train/launch.py), before any compute."""
+    return resolve(t)
 
 
 def _validation_loss(model: Transformer, split: EncodedSplit, max_tokens: int) -> float:
@@ -160,13 +146,45 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     `extra` goes into the W&B config and result.json (a sweep's trial number, say); `callbacks`
     join the Trainer's (a pruning callback, say). An existing run folder is resumed if it holds
     the same config; `resume=False`, or `replace_changed` for a folder of another config, keeps
-    the old folder beside the new run (train/rundir.py)."""
+    the old folder beside the new run (train/rundir.py). Under several processes rank 0 alone
+    decides about and writes the run folder; the others follow its plan (train/launch.py)."""
     start = time.perf_counter()
-    run_dir = Path(config.output_dir) / config.name
     check_writable_folder(config.output_dir, "output_dir")
     check_writable_folder(cache_dir(config.data.cache_dir), "data.cache_dir")
-    check_hardware(config.train)
-    move = must_move_aside(config, run_dir, resume, replace_changed)  # a folder of another config: refused
+    launch = check_hardware(config.train)
+    if launch.joins_early:
+        join(launch, config.train.rendezvous_timeout)
+    try:
+        return _train(config, launch, resume, extra, callbacks or [], replace_changed, start)
+    finally:
+        if launch.world_size > 1:
+            leave()
+
+
+def _plan(config: ExperimentConfig, launch: Launch, run_dir: Path, resume: bool, replace_changed: bool) -> Plan:
+    """Rank 0's decisions, shared with every rank: a refusal stops them all with its message."""
+    plan, refusal = None, None
+    if launch.is_rank_zero:
+        try:
+            move = must_move_aside(config, run_dir, resume, replace_changed)  # a folder of another config: refused
+            ckpt = latest_checkpoint(run_dir / "checkpoints") if resume and not move else None
+            if ckpt is not None:
+                check_resumable(ckpt, launch.world_size * config.train.accumulate_grad_batches)
+            plan = Plan(resume_from=str(ckpt) if ckpt else None, move_aside=move)
+        except AttnlabError as error:
+            plan, refusal = Plan(error=str(error)), error
+    plan = share(launch, plan)
+    if refusal is not None:
+        raise refusal
+    if plan.error is not None:
+        raise LaunchError(f"rank 0 refused the run: {plan.error}")
+    return plan
+
+
+def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[str, Any] | None,
+           callbacks: list[pl.Callback], replace_changed: bool, start: float) -> dict[str, Any]:
+    run_dir = Path(config.output_dir) / config.name
+    plan = _plan(config, launch, run_dir, resume, replace_changed)
     if config.logging.quiet:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if config.train.threads:
@@ -181,51 +199,83 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     for split in (data.data.train, data.data.valid, *data.data.tests.values()):  # fail now, not mid-run
         check_lengths(model, split, targets=True)
     params = count_parameters(model)
-    if move:
-        print(f"{run_dir}: the earlier run is kept as {move_aside(run_dir)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if launch.is_rank_zero:
+        _set_up_folder(config, run_dir, plan)
 
     module = TranslationModule(model, config.train, ValidationScorer(vocab, data.data.valid.tgt_text),
                                checkpoint_extra={"config": config.to_dict(), "vocab_model": str(vocab.path)},
                                stats_path=str(run_dir / "train_stats.json"), decode=config.decode)
-    logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab), **(extra or {})})
-    trainer = _trainer(config, run_dir, logger, callbacks or [])
-    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
-    if ckpt is None:
-        (run_dir / HISTORY_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh curve
+    logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab), **(extra or {})}) \
+        if launch.is_rank_zero else None
+    same_run = SameRun(config.definition(), vocab.path, run_dir)
+    trainer = _trainer(config, run_dir, logger, [*callbacks, same_run, Recount()])
     failed, sync_command = True, None
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-        for callback in callbacks or []:  # a pruned trial skips the final evaluation
-            if hasattr(callback, "check_pruned"):
-                try:
-                    callback.check_pruned()
-                except Exception:  # optuna.TrialPruned: an ending, not a failure of the run
-                    failed = False
-                    raise
-        if trainer.global_rank != 0:
+        with children_run(launch, run_dir / CONFIG_FILE, plan):
+            trainer.fit(module, datamodule=data, ckpt_path=plan.resume_from)
+        pruned = _pruned(callbacks)
+        final_checkpoint = _save_final_checkpoint(trainer, run_dir, launch, pruned is None)
+        if not launch.is_rank_zero:
             failed = False
             return {}
+        if pruned is not None:  # a pruned trial skips the final evaluation: an ending, not a failure
+            failed = False
+            raise pruned
         totals = json.loads((run_dir / "train_stats.json").read_text())  # from rank 0, spawned or not
-        final_checkpoint = run_dir / "checkpoints" / f"step{totals['train_steps']:07d}.ckpt"
-        if not final_checkpoint.exists():  # the last steps came after the last periodic checkpoint
-            trainer.save_checkpoint(final_checkpoint)
         result = _final(config, model, vocab, data, run_dir, params, logger, totals)
         result["wall_s"] = round(time.perf_counter() - start, 1)
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result["allocator"] = allocator.active() or "system"
+        result["launch"] = {"kind": launch.kind, "world_size": launch.world_size, "num_nodes": launch.num_nodes,
+                            "ranks": same_run.read(run_dir)}
+        result["final_checkpoint"] = str(final_checkpoint)
         failed = False
     finally:
-        wandb_id = logger.experiment.id if logger is not None and trainer.global_rank == 0 else None
-        sync_command = finish(logger, failed) if trainer.global_rank == 0 else None
+        wandb_id = logger.experiment.id if logger is not None else None
+        sync_command = finish(logger, failed) if logger is not None else None
     result["wandb_run_id"], result["wandb_sync"] = wandb_id, sync_command
-    result["resumed_from"] = str(ckpt) if ckpt else None
+    result["resumed_from"] = plan.resume_from
     result.update(extra or {})
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     if sync_command and not config.logging.quiet:
         print(f"W&B run saved offline; upload it with: {sync_command}")
     return result
+
+
+def _set_up_folder(config: ExperimentConfig, run_dir: Path, plan: Plan) -> None:
+    """Rank 0, once the run is sure to start: the old folder aside if planned, the resolved config
+    (what Lightning's launcher has the other local ranks train), a fresh curve for a fresh run."""
+    if plan.move_aside:
+        print(f"{run_dir}: the earlier run is kept as {move_aside(run_dir)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if plan.resume_from is None:
+        (run_dir / HISTORY_FILE).unlink(missing_ok=True)
+
+
+def _pruned(callbacks: list[pl.Callback]) -> Exception | None:
+    """The TrialPruned a pruning callback raises after fit (rank 0), or None."""
+    for callback in callbacks:
+        if hasattr(callback, "check_pruned"):
+            try:
+                callback.check_pruned()
+            except Exception as error:  # noqa: BLE001 - optuna.TrialPruned, re-raised by the caller
+                return error
+    return None
+
+
+def _save_final_checkpoint(trainer: pl.Trainer, run_dir: Path, launch: Launch, wanted: bool) -> Path:
+    """The last step's checkpoint when the last periodic one came earlier (a time budget, a
+    step count between validations). Saving is collective: rank 0 decides and writes, every rank
+    takes part, so no rank leaves while another waits in the save's barrier."""
+    if launch.is_rank_zero:  # the spawned ranks' step count reaches the main process through the stats file
+        step = json.loads((run_dir / "train_stats.json").read_text())["train_steps"]
+    else:
+        step = trainer.global_step
+    path = run_dir / "checkpoints" / f"step{step:07d}.ckpt"
+    if trainer.strategy.broadcast(wanted and launch.is_rank_zero and not path.exists()):
+        trainer.save_checkpoint(path)
+    return path
 
 
 def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,

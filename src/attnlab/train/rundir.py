@@ -9,12 +9,11 @@ the old config is ever resumed under the new one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
 
-from attnlab.config import BUDGETS, ExperimentConfig
+from attnlab.config import BATCHES_PER_STEP, BUDGETS, ExperimentConfig
 from attnlab.errors import ConfigError
 from attnlab.fields import describe_changes
 
@@ -47,7 +46,7 @@ def must_move_aside(config: ExperimentConfig, run_dir: Path, resume: bool, repla
     """Whether the run folder must be moved aside before this run starts (a restart, or a
     replaced config); a run folder of another config that may not be replaced is a ConfigError.
     Checked before any compute; the move itself waits until the run is sure to start."""
-    if not run_dir.is_dir() or not any(run_dir.iterdir()) or not _first_process():
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return False
     if not resume:
         return True
@@ -55,12 +54,10 @@ def must_move_aside(config: ExperimentConfig, run_dir: Path, resume: bool, repla
     if changes is None:
         return False
     if not replace_changed:
-        raise ConfigError(f"{run_dir} holds a run of another config ({changes}); resuming it would mix the two. "
+        hint = (" (resuming keeps the batches per optimizer step: choose devices, num_nodes and "
+                "accumulate_grad_batches whose product is the stored one)" if BATCHES_PER_STEP in changes else "")
+        raise ConfigError(f"{run_dir} holds a run of another config ({changes}); resuming it would mix the two{hint}. "
                           "Give this run another name, or rerun with --restart (the old folder is kept as "
                           f"{run_dir.name}.superseded-N)")
     return True
 
-
-def _first_process() -> bool:
-    """Not a further rank of a multi-process launch (those start after rank 0 set the folder up)."""
-    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
