@@ -352,3 +352,22 @@ def test_pruning_reaches_the_ranks_lightning_starts(tmp_path, mirror, shared_cac
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["PRUNED"], [t.user_attrs for t in trials]
     [pruned] = [p for p in (tmp_path / "studies" / "ddptune").iterdir() if p.name.startswith("t3")]
     assert max(h["step"] for h in read_history(pruned)) == 3  # both ranks stopped after the first validation
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_one_trial_per_device(tmp_path, mirror, shared_cache):
+    """`sweep run --workers 2 --devices 0,1` with trials on one device: worker i sees device i only."""
+    from attnlab.sweep.spec import load_study
+    from attnlab.sweep.storage import open_study, storage_url
+
+    path = study_file(tmp_path, mirror, shared_cache, "perdevice", devices=1, strategy="auto", val_bleu=False)
+    out = attnlab("sweep", "run", path, "--workers", "2", "--devices", "0,1", timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = load_study(path)
+    trials = open_study(study, storage_url(study)).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        result = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())
+        worker_index = t.user_attrs["worker"].rsplit("-", 1)[1]
+        assert result["launch"]["kind"] == "single" and result["launch"]["cuda_visible_devices"] == worker_index

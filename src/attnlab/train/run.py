@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -227,6 +228,7 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result["allocator"] = allocator.active() or "system"
         result["launch"] = {"kind": launch.kind, "world_size": launch.world_size, "num_nodes": launch.num_nodes,
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                             "ranks": same_run.read(run_dir)}
         result["final_checkpoint"] = str(final_checkpoint)
         failed = False
