@@ -246,7 +246,7 @@ def test_two_torchrun_nodes_on_one_machine(tmp_path, mirror, shared_cache):
     run_dir = tmp_path / "runs" / "run"
     result = json.loads((run_dir / "result.json").read_text())
     stats = json.loads((run_dir / "train_stats.json").read_text())
-    assert stats["world_size"] == 2 and stats["weights_max_rank_difference"] == 0.0
+    assert stats["world_size"] == 2 and result["weights_max_rank_difference"] == 0.0
     assert result["launch"]["kind"] == "torchrun" and result["launch"]["num_nodes"] == 2
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
 

@@ -159,6 +159,10 @@ class DataConfig:
     vocab_type: VocabType = "bpe"
     max_tokens: int = 4096
     """Token budget per batch, padding included, on the source and on the target side."""
+    length_buckets: int | None = None
+    """Pad training and validation batches to this many lengths, and each to a fixed number of
+    rows, so that batch shapes repeat (what train.compile and CUDA graphs need); None: pad each
+    batch to its longest sentence."""
     max_words: int = 250
     """Training pairs with more whitespace-separated words on either side are dropped."""
     max_length_ratio: float = 3.0
@@ -185,6 +189,8 @@ class DataConfig:
                 raise ConfigError(f"DataConfig.{name}={getattr(self, name)} must be a positive integer")
         if self.max_length_ratio < 1:
             raise ConfigError(f"DataConfig.max_length_ratio={self.max_length_ratio} must be >= 1")
+        if self.length_buckets is not None and self.length_buckets < 1:
+            raise ConfigError(f"DataConfig.length_buckets={self.length_buckets} must be >= 1, or null for none")
         if (self.corpus == "custom") != (self.custom_files is not None):
             raise ConfigError('DataConfig: custom_files is needed exactly when corpus="custom"')
         object.__setattr__(self, "test_splits", tuple(self.test_splits))
@@ -221,6 +227,7 @@ class DataConfig:
 
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
@@ -273,6 +280,9 @@ class TrainConfig:
     """torch.set_num_threads for this process; None keeps torch's default."""
     log_every_steps: int = 10
     """Scalars go to the logger every n optimizer steps."""
+    compile: CompileMode = "off"
+    """torch.compile the model's training forward: default, reduce-overhead (CUDA graphs; use
+    data.length_buckets so shapes repeat) or max-autotune; off (measured slower on CPU)."""
     attention_stats: bool = True
     """Attention statistics and head importance on a validation sample after training."""
     attention_sample: int = 64

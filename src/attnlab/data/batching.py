@@ -11,6 +11,7 @@ only, so 2 ranks and 1 process accumulating 2 batches train on exactly the same 
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Iterator, Sequence
 
@@ -19,10 +20,32 @@ import torch
 from attnlab.errors import ConfigError
 
 
+class Buckets:
+    """A few padded lengths, so that batch shapes repeat (torch.compile, CUDA graphs): a batch
+    whose longest sentence (either side) has L tokens is padded on both sides to the first
+    boundary >= L, and to the `max_tokens // boundary` rows a full batch of that length has.
+    Boundaries are spaced geometrically from 8 tokens to the longest sentence, multiples of 8."""
+
+    def __init__(self, longest: int, count: int, max_tokens: int) -> None:
+        low = min(8, longest)
+        raw = [low * (longest / low) ** (k / max(count - 1, 1)) for k in range(count)] if count > 1 else [longest]
+        rounded = sorted({min(8 * math.ceil(b / 8), longest, max_tokens) for b in raw} | {longest})
+        self.boundaries = [b for b in rounded if b >= low]
+        self.max_tokens = max_tokens
+
+    def length(self, n: int) -> int:
+        return next(b for b in self.boundaries if b >= n)
+
+    def rows(self, length: int) -> int:
+        return self.max_tokens // length
+
+
 def token_batches(src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int,
-                  seed: int | None = None) -> list[list[int]]:
+                  seed: int | None = None, buckets: Buckets | None = None) -> list[list[int]]:
     """Greedy packing of sentence indices sorted by (target, source) length; with a seed, ties
-    are broken randomly so batches differ from epoch to epoch."""
+    are broken randomly so batches differ from epoch to epoch. With buckets, a batch's cost is
+    its padded length."""
+    padded = buckets.length if buckets is not None else (lambda n: n)
     rng = random.Random(seed)
     jitter = [rng.random() for _ in src_lengths] if seed is not None else [0.0] * len(src_lengths)
     order = sorted(range(len(src_lengths)), key=lambda i: (tgt_lengths[i], src_lengths[i], jitter[i]))
@@ -31,7 +54,7 @@ def token_batches(src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_to
     longest_src = longest_tgt = 0
     for i in order:
         s, t = max(longest_src, src_lengths[i]), max(longest_tgt, tgt_lengths[i])
-        if batch and (len(batch) + 1) * max(s, t) > max_tokens:
+        if batch and (len(batch) + 1) * padded(max(s, t)) > max_tokens:
             batches.append(batch)
             batch, s, t = [], src_lengths[i], tgt_lengths[i]
         batch.append(i)
@@ -59,7 +82,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int,
                  shuffle: bool = True, seed: int = 1, num_replicas: int = 1, rank: int = 0,
-                 accumulate: int = 1) -> None:
+                 accumulate: int = 1, buckets: Buckets | None = None) -> None:
         longest = max(max(src_lengths, default=0), max(tgt_lengths, default=0))
         if longest > max_tokens:
             raise ConfigError(f"data.max_tokens={max_tokens} is smaller than the longest sentence ({longest} tokens); "
@@ -70,6 +93,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
         self.batches_per_step = num_replicas * accumulate
+        self.buckets = buckets
         self._cached: tuple[int, list[list[int]]] | None = None
         self.resume: tuple[int, int] | None = None  # (epoch, batches done by all ranks) after a restart
 
@@ -88,7 +112,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def _make_batches(self) -> list[list[int]]:
         seed = self.seed * 100_003 + self.epoch if self.shuffle else None
-        batches = token_batches(self.src_lengths, self.tgt_lengths, self.max_tokens, seed)
+        batches = token_batches(self.src_lengths, self.tgt_lengths, self.max_tokens, seed, self.buckets)
         batches = split_to_multiple(batches, self.batches_per_step)
         if self.shuffle:
             random.Random(seed).shuffle(batches)

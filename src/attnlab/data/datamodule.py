@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from attnlab.config import DataConfig
-from attnlab.data.batching import TokenBatchSampler
+from attnlab.data.batching import Buckets, TokenBatchSampler
 from attnlab.data.corpora import Parallel, load_split
 from attnlab.data.fetch import cache_dir
 from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary, train_vocabulary
@@ -39,17 +40,27 @@ class EncodedSplit(Dataset):
     def __getitem__(self, i: int) -> int:
         return i  # collate() looks the ids up: one list of indices per batch, no per-item tensors
 
-    def collate(self, indices: list[int]) -> dict[str, Any]:
-        """Right-padded tensors: src (B, S), tgt_in and tgt_out (B, T); `index` maps rows to lines."""
-        def pad(rows: list[list[int]]) -> torch.Tensor:
-            out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
-            for r, ids in enumerate(rows):
+    def collate(self, indices: list[int], buckets: Buckets | None = None) -> dict[str, Any]:
+        """Right-padded tensors: src (B, S), tgt_in and tgt_out (B, T); `index` maps rows to lines.
+        With buckets, both sides are padded to the bucket's length and the batch to its rows
+        with empty pairs (source eos, target bos, no target token: no loss, index -1)."""
+        src, tgt = [self.src[i] for i in indices], [self.tgt[i] for i in indices]
+        tgt_in, tgt_out = [[BOS_ID] + t for t in tgt], [t + [EOS_ID] for t in tgt]
+        length, rows = None, len(indices)
+        if buckets is not None:
+            length = buckets.length(max(max(map(len, src)), max(map(len, tgt_in))))
+            rows = max(rows, buckets.rows(length))
+
+        def pad(sequences: list[list[int]], filler: list[int]) -> torch.Tensor:
+            out = torch.full((rows, length or max(map(len, sequences))), PAD_ID, dtype=torch.long)
+            for r, ids in enumerate(sequences + [filler] * (rows - len(sequences))):
                 out[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             return out
 
-        tgt = [self.tgt[i] for i in indices]
-        return {"src": pad([self.src[i] for i in indices]), "tgt_in": pad([[BOS_ID] + t for t in tgt]),
-                "tgt_out": pad([t + [EOS_ID] for t in tgt]), "index": torch.tensor(indices)}
+        index = torch.full((rows,), -1, dtype=torch.long)
+        index[: len(indices)] = torch.tensor(indices, dtype=torch.long)
+        return {"src": pad(src, [EOS_ID]), "tgt_in": pad(tgt_in, [BOS_ID]), "tgt_out": pad(tgt_out, []),
+                "index": index}
 
 
 @dataclass
@@ -131,13 +142,18 @@ class TranslationDataModule(pl.LightningDataModule):
     def _loader(self, split: EncodedSplit, shuffle: bool, distributed: bool, accumulate: int = 1) -> DataLoader:
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if (distributed and trainer) else (1, 0)
+        buckets = None
+        if self.config.length_buckets and len(split):
+            longest = max(max(split.src_lengths), max(split.tgt_lengths))
+            buckets = Buckets(longest, self.config.length_buckets, self.config.max_tokens)
         sampler = TokenBatchSampler(split.src_lengths, split.tgt_lengths, self.config.max_tokens, shuffle=shuffle,
-                                    seed=self.config.seed, num_replicas=replicas, rank=rank, accumulate=accumulate)
+                                    seed=self.config.seed, num_replicas=replicas, rank=rank, accumulate=accumulate,
+                                    buckets=buckets)
         # Its own generator: creating an iterator must not draw from the global RNG, or dropout
         # masks after a resume would differ from those of an uninterrupted run.
         generator = torch.Generator().manual_seed(self.config.seed)
-        return DataLoader(split, batch_sampler=sampler, collate_fn=split.collate, num_workers=self.num_workers,
-                          generator=generator)
+        return DataLoader(split, batch_sampler=sampler, collate_fn=functools.partial(split.collate, buckets=buckets),
+                          num_workers=self.num_workers, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.data.train, shuffle=True, distributed=True,

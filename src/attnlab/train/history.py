@@ -19,8 +19,9 @@ FILE = "metrics.jsonl"
 
 
 class History(pl.Callback):
-    def __init__(self, run_dir: Path, every: int) -> None:
+    def __init__(self, run_dir: Path, every: int, clock: Any = None) -> None:
         self.path = Path(run_dir) / FILE
+        self.clock = clock  # the run's TrainClock: training seconds at each record
         self.every = max(1, every)
         self._last_step = -1  # with gradient accumulation, several batches end at the same step
 
@@ -28,7 +29,7 @@ class History(pl.Callback):
         if trainer.global_rank != 0 or trainer.sanity_checking:
             return
         record: dict[str, Any] = {"step": trainer.global_step,
-                                  "train_seconds": round(getattr(module, "train_seconds", 0.0), 3)}
+                                  "train_seconds": round(self.clock.elapsed if self.clock else 0.0, 3)}
         for key, value in trainer.callback_metrics.items():
             if key.startswith(prefix):
                 value = float(value)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import json
 import math
-import time
 from typing import Any, Callable
 
 import lightning.pytorch as pl
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 
 from attnlab.config import DecodeConfig, TrainConfig
 from attnlab.model import Transformer
+from attnlab.train.callbacks import step_ended
 from attnlab.train.checkpoints import FORMAT_VERSION
 from attnlab.train.evaluation import search
 from attnlab.train.schedule import noam_scheduler, scale_for_peak
@@ -34,19 +33,17 @@ def _destroy_process_group() -> None:
 
 class TranslationModule(pl.LightningModule):
     def __init__(self, model: Transformer, train: TrainConfig, scorer: Scorer | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None, stats_path: str | None = None,
-                 decode: DecodeConfig | None = None) -> None:
+                 checkpoint_extra: dict[str, Any] | None = None, decode: DecodeConfig | None = None) -> None:
         super().__init__()
         self.model, self.train_config, self.scorer = model, train, scorer
         self.decode = decode or DecodeConfig()
-        self.stats_path = stats_path  # rank 0 writes training totals here (spawned workers too)
         self.checkpoint_extra = checkpoint_extra or {}  # what `load_checkpoint` needs to rebuild the run
         self._val: dict[str, Any] = {}
-        self._last_step_time: float | None = None
-        self.train_tokens = 0
-        self.train_seconds = 0.0
-        self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss, NLL, tokens, batches of this step
-        self._step_seconds = 0.0
+        # On the device, read every log_every_steps: loss, NLL, tokens and batches of the step
+        # being trained, and the first step whose loss was not finite (-1: none yet).
+        self._step_sums = torch.zeros(4, dtype=torch.float64)
+        self._diverged_at = torch.tensor(-1)
+        self._compiled: Callable[..., torch.Tensor] | None = None  # the training forward, when compiled
 
     def setup(self, stage: str) -> None:
         # Spawned DDP ranks exit right after fit; a gloo process group still alive at interpreter
@@ -55,107 +52,89 @@ class TranslationModule(pl.LightningModule):
         if dist.is_available() and dist.is_initialized():
             atexit.unregister(_destroy_process_group)  # once per process, however many runs
             atexit.register(_destroy_process_group)
+        mode = self.train_config.compile
+        if mode != "off" and self._compiled is None:
+            # The training forward only: a compiled function, not a wrapped module, so the state
+            # dict keeps its names; decoding and the statistics after training stay eager.
+            self._compiled = torch.compile(self.model.forward, mode=mode)
 
     # -- loss ------------------------------------------------------------------------------
-    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(label-smoothed loss per token, summed NLL, real target tokens); padding ignored."""
-        logits = self.model(batch["src"], batch["tgt_in"]).flatten(0, 1).float()
+    def _losses(self, batch: dict[str, torch.Tensor], forward: Callable[..., torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(label-smoothed loss per token, summed NLL, real target tokens); padding ignored.
+        All three stay on the device: reading them would make the host wait for the step."""
+        logits = (forward or self.model)(batch["src"], batch["tgt_in"]).flatten(0, 1).float()
         target = batch["tgt_out"].flatten()
-        tokens = int((target != self.model.pad_id).sum())
+        tokens = (target != self.model.pad_id).sum()
         smoothed = F.cross_entropy(logits, target, ignore_index=self.model.pad_id,
                                    label_smoothing=self.train_config.label_smoothing, reduction="sum")
         nll = F.cross_entropy(logits.detach(), target, ignore_index=self.model.pad_id, reduction="sum")
-        return smoothed / max(tokens, 1), nll, tokens
+        return smoothed / tokens.clamp(min=1), nll, tokens
+
+    @property
+    def _every(self) -> int:
+        return max(1, self.train_config.log_every_steps)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, nll, tokens = self._losses(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: the run diverged")
-        now = time.perf_counter()
-        if self._last_step_time is not None:  # time since the previous batch: forward+backward+step
-            elapsed = now - self._last_step_time
-            self.train_seconds += elapsed
-            self._step_seconds += elapsed
-            self.train_tokens += tokens
-        self._last_step_time = now
-        self._step_sums += torch.stack([loss.detach().double(), nll.double(),
-                                        torch.tensor(float(tokens), dtype=torch.float64, device=nll.device),
-                                        torch.ones((), dtype=torch.float64, device=nll.device)])
-        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:  # this batch completes an optimizer step
-            self._end_of_step(self.global_step + 1)
+        loss, nll, tokens = self._losses(batch, self._compiled)
+        step = self.global_step + 1  # the optimizer step this batch belongs to
+        finite = torch.isfinite(loss.detach())
+        self._diverged_at = torch.where(~finite & (self._diverged_at < 0), step, self._diverged_at)
+        self._step_sums += torch.stack([loss.detach().double(), nll.double(), tokens.double(),
+                                        torch.ones_like(nll, dtype=torch.float64)])
+        if step_ended(self.trainer, batch_idx):
+            if step % self._every == 0:
+                self._log_step()
+            self._step_sums = torch.zeros_like(self._step_sums)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         self.log("global_step", float(self.global_step), on_step=True)
         return loss
 
-    def _end_of_step(self, step: int) -> None:
-        """Log the step's global batch (every micro-batch of every rank: the batch whose gradient
-        is applied, so a 2-rank run and a 1-process run accumulating 2 batches log the same
-        curve) every `log_every_steps`, and decide the time budget on the same steps on every rank."""
-        every, world = max(1, self.train_config.log_every_steps), self.trainer.world_size
-        if step % every == 0:
-            loss_sum, nll_sum, tokens, batches = self.trainer.strategy.reduce(self._step_sums, reduce_op="sum").tolist()
-            self.log("train/loss", loss_sum / batches, on_step=True, prog_bar=True)
-            self.log("train/ppl", math.exp(min(nll_sum / max(tokens, 1), 50)), on_step=True)
-            if self._step_seconds > 0:
-                self.log("train/tokens_per_s", tokens / self._step_seconds, on_step=True, prog_bar=True)
-        self._step_sums = torch.zeros_like(self._step_sums)
-        self._step_seconds = 0.0
-        budget = self.train_config.max_train_minutes
-        if budget is not None and (world == 1 or step % every == 0):
-            stop = self.train_seconds >= 60 * budget
-            # Each rank has its own clock: rank 0 decides, or the ranks would stop on different steps.
-            self.trainer.should_stop = bool(self.trainer.strategy.broadcast(stop)) if world > 1 else stop
+    def _log_step(self) -> None:
+        """The step's global batch (every batch of every rank: the batch whose gradient is
+        applied, so a 2-rank run and a 1-process run accumulating 2 batches log the same curve),
+        and the divergence check: the one wait for the device in `log_every_steps` steps."""
+        loss_sum, nll_sum, tokens, batches = self.trainer.strategy.reduce(self._step_sums, reduce_op="sum").tolist()
+        self._check_finite()
+        self.log("train/loss", loss_sum / batches, on_step=True, prog_bar=True)
+        self.log("train/ppl", math.exp(min(nll_sum / max(tokens, 1), 50)), on_step=True)
+
+    def _check_finite(self) -> None:
+        """A diverged run fails with the first step whose loss was NaN or infinite, on every rank
+        at once (the flag is the maximum over the ranks)."""
+        first = int(self.trainer.strategy.reduce(self._diverged_at.clone(), reduce_op="max")) \
+            if self.trainer.world_size > 1 else int(self._diverged_at)
+        if first >= 0:
+            raise FloatingPointError(f"training loss is not finite (nan or inf) since step {first}, seen at step "
+                                     f"{self.global_step + 1}: the run diverged; lower the learning rate "
+                                     "(train.peak_lr / lr_scale) or clip gradients (train.grad_clip)")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = [p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True)
+        if (self.global_step + 1) % self._every == 0:  # a norm over every gradient: only when logged
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True)
 
     def on_train_start(self) -> None:
         self._step_sums = self._step_sums.to(self.device)
-
-    def on_train_epoch_start(self) -> None:
-        self._last_step_time = None
-
-    def on_train_end(self) -> None:
-        """Totals over all ranks: tokens summed, time of the slowest rank."""
-        tokens, seconds = float(self.train_tokens), self.train_seconds
-        if dist.is_available() and dist.is_initialized():
-            totals = torch.tensor([tokens, seconds], dtype=torch.float64, device=self.device)
-            dist.all_reduce(totals[:1])
-            dist.all_reduce(totals[1:], op=dist.ReduceOp.MAX)
-            tokens, seconds = totals.tolist()
-        stats = {"train_steps": self.global_step, "epochs": self.current_epoch, "train_tokens": int(tokens),
-                 "train_seconds": seconds, "world_size": self.trainer.world_size}
-        if self.trainer.world_size > 1:
-            stats["weights_max_rank_difference"] = self._weights_difference()
-        if self.stats_path and self.trainer.global_rank == 0:
-            with open(self.stats_path, "w") as f:
-                json.dump(stats, f)
-
-    def _weights_difference(self) -> float:
-        """Largest difference between any rank's and rank 0's weight fingerprints (per tensor: sum
-        and sum of magnitudes, in float64); 0.0 when DDP kept every rank's weights identical."""
-        fingerprint = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
-                                   for p in self.model.parameters()])
-        every = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size())]
-        dist.all_gather(every, fingerprint)
-        return float(max((f - every[0]).abs().max() for f in every))
+        self._diverged_at = self._diverged_at.to(self.device)
 
     # -- validation ------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        self._check_finite()  # never validate, or checkpoint, weights that already diverged
         self._val = {"nll": 0.0, "tokens": 0, "hyps": {}}
-        self._last_step_time = None  # validation time is not training time
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         _, nll, tokens = self._losses(batch)
         self._val["nll"] += nll.item()
-        self._val["tokens"] += tokens
+        self._val["tokens"] += int(tokens)
         if self.scorer is not None and self.train_config.val_bleu and not self.trainer.sanity_checking:
             decode = self.decode
             if self.train_config.val_beam_size is not None:
                 decode = dataclasses.replace(decode, beam_size=self.train_config.val_beam_size)
-            self._val["hyps"].update(zip(batch["index"].tolist(), search(self.model, batch["src"], decode)))
+            real = batch["index"] >= 0  # not the empty rows that fill a bucketed batch
+            hypotheses = search(self.model, batch["src"][real], decode)
+            self._val["hyps"].update(zip(batch["index"][real].tolist(), hypotheses))
 
     def on_validation_epoch_end(self) -> None:
         nll, tokens, hyps = self._val["nll"], self._val["tokens"], self._val["hyps"]
@@ -184,8 +163,9 @@ class TranslationModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg, d_model = self.train_config, self.model.config.d_model
         scale = scale_for_peak(cfg.peak_lr, d_model, cfg.warmup_steps) if cfg.peak_lr else cfg.lr_scale
+        on_cuda = next(self.model.parameters()).is_cuda  # one fused kernel for all parameters there
         optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                     weight_decay=cfg.weight_decay)
+                                     weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
         scheduler = noam_scheduler(optimizer, d_model, cfg.warmup_steps, scale)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -194,10 +174,7 @@ class TranslationModule(pl.LightningModule):
         # The version lets a later attnlab refuse, by name, a layout it cannot read.
         checkpoint["attnlab"] = {**self.checkpoint_extra, "format_version": FORMAT_VERSION}
         checkpoint["rng"] = {"torch": torch.get_rng_state()}  # dropout masks continue exactly on resume
-        checkpoint["throughput"] = {"tokens": self.train_tokens, "seconds": self.train_seconds}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng" in checkpoint:
             torch.set_rng_state(checkpoint["rng"]["torch"])
-        self.train_tokens = checkpoint.get("throughput", {}).get("tokens", 0)
-        self.train_seconds = checkpoint.get("throughput", {}).get("seconds", 0.0)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 import torch.distributed as dist
 
 from attnlab.errors import CheckpointError, LaunchError
@@ -21,7 +22,8 @@ RANKS_FILE = "ranks.json"  # in the run folder: each rank's host, pid, allocator
 class SameRun(pl.Callback):
     """Once every rank is in the process group, whoever launched it: all ranks train the same
     config on the same vocabulary (nodes that prepared their data apart may not), or all stop
-    with one message. Rank 0 keeps who the ranks were (RANKS_FILE) for result.json."""
+    with one message. Rank 0 keeps who the ranks were (RANKS_FILE) for result.json, and at the
+    end how far apart their weights are (0.0: DDP kept them identical, as it must)."""
 
     def __init__(self, definition: dict[str, Any], vocab_path: Path, run_dir: Path) -> None:
         from attnlab import allocator
@@ -31,6 +33,7 @@ class SameRun(pl.Callback):
                       "host": socket.gethostname(), "pid": os.getpid(), "allocator": allocator.active() or "system",
                       "run_dir": str(run_dir), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         self.path = Path(run_dir) / RANKS_FILE
+        self.ranks: list[dict[str, Any]] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not (dist.is_available() and dist.is_initialized()) or trainer.world_size == 1:
@@ -49,14 +52,32 @@ class SameRun(pl.Callback):
                 raise LaunchError(f"rank {facts['rank']} ({facts['host']}) has another vocabulary than rank 0: the "
                                   "nodes prepared their data apart. Put data.cache_dir on a filesystem every node "
                                   "shares, or run `attnlab data CONFIG` once and copy its cache to every node")
+        self.ranks = [{k: v for k, v in r.items() if k not in ("definition", "vocab_sha256")} for r in ranks]
         if trainer.is_global_zero:
-            self.path.write_text(json.dumps([{k: v for k, v in r.items() if k not in ("definition", "vocab_sha256")}
-                                             for r in ranks], indent=2))
+            self.path.write_text(json.dumps({"ranks": self.ranks}, indent=2))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size == 1 or not dist.is_initialized():
+            return
+        difference = weights_difference(pl_module)
+        if trainer.is_global_zero:
+            self.path.write_text(json.dumps({"ranks": self.ranks, "weights_max_rank_difference": difference},
+                                            indent=2))
 
     @staticmethod
-    def read(run_dir: Path) -> list[dict[str, Any]]:
+    def read(run_dir: Path) -> dict[str, Any]:
         path = Path(run_dir) / RANKS_FILE
-        return json.loads(path.read_text()) if path.exists() else []
+        return json.loads(path.read_text()) if path.exists() else {"ranks": []}
+
+
+def weights_difference(module: pl.LightningModule) -> float:
+    """Largest difference between any rank's and rank 0's weight fingerprints (per tensor: sum
+    and sum of magnitudes, in float64); 0.0 when every rank holds the same weights."""
+    fingerprint = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
+                               for p in module.parameters()])
+    every = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, fingerprint)
+    return float(max((f - every[0]).abs().max() for f in every))
 
 
 class Recount(pl.Callback):

@@ -38,6 +38,7 @@ from attnlab.data.tokenizer import Vocabulary
 from attnlab.errors import AttnlabError, LaunchError
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.paths import check_writable_folder
+from attnlab.train.callbacks import STATS_FILE, TrainClock
 from attnlab.train.checkpoints import check_resumable, latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
@@ -51,7 +52,7 @@ from attnlab.train.tracking import finish, make_logger
 HEATMAP_SENTENCES = 3
 
 
-def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl.Callback]) -> pl.Trainer:
+def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl.Callback], pad_id: int) -> pl.Trainer:
     t = config.train
     val_interval = {"val_check_interval": t.val_every_steps * t.accumulate_grad_batches,
                     "check_val_every_n_epoch": None} if t.val_every_steps else {}
@@ -59,13 +60,14 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl
         dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
         monitor="global_step", mode="max", save_top_k=t.keep_checkpoints,
         every_n_train_steps=t.checkpoint_every_steps)
+    clock = TrainClock(run_dir / STATS_FILE, pad_id, t.log_every_steps, t.max_train_minutes)
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_steps=t.max_steps if t.max_steps is not None else -1, max_epochs=t.max_epochs,
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
         logger=logger if logger is not None else False,
-        callbacks=[checkpoint, History(run_dir, t.log_every_steps), *callbacks],
+        callbacks=[checkpoint, clock, History(run_dir, t.log_every_steps, clock), *callbacks],
         enable_progress_bar=config.logging.progress_bar and not config.logging.quiet,
         enable_model_summary=not config.logging.quiet, use_distributed_sampler=False,  # our sampler shards
         default_root_dir=str(run_dir), log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0, **val_interval,
@@ -205,11 +207,11 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
 
     module = TranslationModule(model, config.train, ValidationScorer(vocab, data.data.valid.tgt_text),
                                checkpoint_extra={"config": config.to_dict(), "vocab_model": str(vocab.path)},
-                               stats_path=str(run_dir / "train_stats.json"), decode=config.decode)
+                               decode=config.decode)
     logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab), **(extra or {})}) \
         if launch.is_rank_zero else None
     same_run = SameRun(config.definition(), vocab.path, run_dir)
-    trainer = _trainer(config, run_dir, logger, [*callbacks, same_run, Recount()])
+    trainer = _trainer(config, run_dir, logger, [*callbacks, same_run, Recount()], vocab.pad_id)
     failed, sync_command = True, None
     try:
         with children_run(launch, run_dir / CONFIG_FILE, plan):
@@ -222,14 +224,16 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
         if pruned is not None:  # a pruned trial skips the final evaluation: an ending, not a failure
             failed = False
             raise pruned
-        totals = json.loads((run_dir / "train_stats.json").read_text())  # from rank 0, spawned or not
+        totals = json.loads((run_dir / STATS_FILE).read_text())  # from rank 0, spawned or not
         result = _final(config, model, vocab, data, run_dir, params, logger, totals)
         result["wall_s"] = round(time.perf_counter() - start, 1)
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result["allocator"] = allocator.active() or "system"
+        ranks = same_run.read(run_dir)
         result["launch"] = {"kind": launch.kind, "world_size": launch.world_size, "num_nodes": launch.num_nodes,
-                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                            "ranks": same_run.read(run_dir)}
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "ranks": ranks["ranks"]}
+        if "weights_max_rank_difference" in ranks:
+            result["weights_max_rank_difference"] = ranks["weights_max_rank_difference"]
         result["final_checkpoint"] = str(final_checkpoint)
         failed = False
     finally:
@@ -271,7 +275,7 @@ def _save_final_checkpoint(trainer: pl.Trainer, run_dir: Path, launch: Launch, w
     step count between validations). Saving is collective: rank 0 decides and writes, every rank
     takes part, so no rank leaves while another waits in the save's barrier."""
     if launch.is_rank_zero:  # the spawned ranks' step count reaches the main process through the stats file
-        step = json.loads((run_dir / "train_stats.json").read_text())["train_steps"]
+        step = json.loads((run_dir / STATS_FILE).read_text())["train_steps"]
     else:
         step = trainer.global_step
     path = run_dir / "checkpoints" / f"step{step:07d}.ckpt"

@@ -1,0 +1,103 @@
+"""The run's clock as a callback: the module keeps the loss, the optimizer and their logging.
+
+`TrainClock` counts pure training time (data, forward, backward, update; validation excluded)
+and the real target tokens trained, logs tokens/s every `log_every_steps`, stops the run when
+`max_train_minutes` is spent, keeps both counts in checkpoints (a resumed run goes on counting)
+and writes the run's totals to the stats file at the end. Tokens are summed on the device and
+read only at log steps: nothing here waits for the GPU inside a step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+STATS_FILE = "train_stats.json"  # in the run folder: steps, epochs, tokens, seconds, world size
+
+
+def step_ended(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether the batch that just ended completed an optimizer step (every rank's share of an
+    epoch is a whole number of steps: data/batching.py)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
+class TrainClock(pl.Callback):
+    def __init__(self, stats_path: str | Path, pad_id: int, log_every: int, budget_minutes: float | None) -> None:
+        self.stats_path, self.pad_id = Path(stats_path), pad_id
+        self.every, self.budget = max(1, log_every), budget_minutes
+        self.seconds = 0.0  # training time before the current window
+        self.tokens = 0  # tokens before the current window
+        self._window_tokens: torch.Tensor | None = None  # on the device, since the last log step
+        self._window_seconds = 0.0
+        self._last: float | None = None
+
+    # -- counting ----------------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last = time.perf_counter()  # validation is not training time
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self._window_seconds += now - self._last
+        self._last = now
+        tokens = (batch["tgt_out"] != self.pad_id).sum()
+        self._window_tokens = tokens if self._window_tokens is None else self._window_tokens + tokens
+        if not step_ended(trainer, batch_idx):
+            return
+        step, world = trainer.global_step, trainer.world_size
+        if step % self.every == 0:
+            self._close_window(trainer, pl_module)
+        if self.budget is not None and (world == 1 or step % self.every == 0):
+            stop = self.elapsed >= 60 * self.budget
+            # Each rank has its own clock: rank 0 decides, or the ranks would stop on different steps.
+            trainer.should_stop = bool(trainer.strategy.broadcast(stop)) if world > 1 else stop
+
+    def _close_window(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Read the window's tokens (the one wait for the device), summed over the ranks."""
+        tokens = int(trainer.strategy.reduce(self._window_tokens.double(), reduce_op="sum"))
+        local = int(self._window_tokens)
+        if self._window_seconds > 0:
+            pl_module.log("train/tokens_per_s", tokens / self._window_seconds, on_step=True, prog_bar=True)
+        self.tokens += local
+        self.seconds += self._window_seconds
+        self._window_tokens, self._window_seconds = None, 0.0
+
+    @property
+    def elapsed(self) -> float:
+        """Training seconds so far, the open window included."""
+        return self.seconds + self._window_seconds
+
+    # -- checkpoints and totals ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        window = int(self._window_tokens) if self._window_tokens is not None else 0
+        return {"tokens": self.tokens + window, "seconds": self.elapsed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tokens, self.seconds = int(state["tokens"]), float(state["seconds"])
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if "throughput" in checkpoint:  # written by the module before the clock was a callback
+            self.load_state_dict(checkpoint["throughput"])
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Totals over all ranks: tokens summed, time of the slowest rank; rank 0 writes them."""
+        state = self.state_dict()
+        device = pl_module.device
+        tokens = trainer.strategy.reduce(torch.tensor(float(state["tokens"]), dtype=torch.float64, device=device),
+                                         reduce_op="sum")
+        seconds = torch.tensor(state["seconds"], dtype=torch.float64, device=device)
+        if trainer.world_size > 1:
+            torch.distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX)
+        if trainer.is_global_zero:
+            self.stats_path.write_text(json.dumps({
+                "train_steps": trainer.global_step, "epochs": trainer.current_epoch, "train_tokens": int(tokens),
+                "train_seconds": float(seconds), "world_size": trainer.world_size}))
