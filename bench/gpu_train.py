@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from gpu_base import batch, model_flops, peak_flops
 
 from attnlab.config import ModelConfig, TrainConfig
 from attnlab.model import build_model, count_parameters
 from attnlab.train.callbacks import TrainClock
 from attnlab.train.module import TranslationModule
 from attnlab.train.schedule import noam_scheduler
+from gpu_base import batch, model_flops, peak_flops
 
 MODELS = {"base": (ModelConfig(), 37000, 25000),
           "multi30k": (ModelConfig(n_layers=3, d_model=256, n_heads=4, d_ff=1024), 8000, 8192)}
@@ -132,7 +132,8 @@ def _measured(name, args, config, vocab, data, marks) -> Measured:
 
 
 def profile(args, config: ModelConfig, vocab: int, data, device: torch.device, path: str) -> None:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     short = argparse.Namespace(**{**vars(args), "warmup": 3, "steps": 5})
