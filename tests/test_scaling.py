@@ -116,6 +116,13 @@ def test_srun_and_the_config_must_agree(monkeypatch):
     assert resolve(TrainConfig(max_steps=1, accelerator="cpu", devices=2)).world_size == 2
 
 
+def test_a_stray_local_rank_is_refused(monkeypatch):
+    """Lightning would take the process for a child it started and start no other rank."""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(LaunchError, match="LOCAL_RANK=0 is set"):
+        resolve(TrainConfig(max_steps=1, accelerator="cpu", devices=2, strategy="ddp"))
+
+
 def test_launches_without_distribution():
     assert resolve(TrainConfig(max_steps=1, accelerator="cpu")).kind == "single"
     spawn = resolve(TrainConfig(max_steps=1, accelerator="cpu", devices=2, strategy="ddp_spawn"))
@@ -285,10 +292,29 @@ def test_two_ranks_equal_one_process_accumulating_and_resume_on_one_rank(tmp_pat
     assert out.returncode == 0, out.stderr[-3000:]
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     assert json.loads((two / "result.json").read_text())["resumed_from"].endswith("step0000003.ckpt")
+    stats = [json.loads((run / "train_stats.json").read_text()) for run in (one, two)]
+    assert stats[0]["train_tokens"] == stats[1]["train_tokens"]  # counted on from every rank's total
     assert len(losses(one)) == 7
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
     a, b = weights(one / "checkpoints" / "step0000007.ckpt"), weights(two / "checkpoints" / "step0000007.ckpt")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_data_error_on_one_node_stops_every_node(tmp_path, mirror, shared_cache):
+    """srun task 1 cannot read the corpus (no mirror, an empty cache): both tasks stop at once,
+    task 0 naming task 1's error, instead of waiting in the first collective."""
+    config = write_config(tmp_path, mirror, shared_cache)
+    env = {"MASTER_PORT": str(free_port())}
+    command = [sys.executable, "-m", "attnlab.cli", "train", str(config), "--set", "train.num_nodes=2"]
+    broken = ["--set", f"data.mirror={tmp_path / 'nothing'}", "--set", f"data.cache_dir={tmp_path / 'empty'}"]
+    tasks = [subprocess.Popen(command + (broken if r else []), env={**os.environ, **env, **slurm_env(r, 2, 2),
+                                                                   "ATTNLAB_DATA_MIRROR": str(tmp_path / "nothing")},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outputs = [task.communicate(timeout=180)[1] for task in tasks]
+    assert [task.returncode for task in tasks] == [2, 2], outputs
+    assert "rank 1 stopped before training: DataError" in outputs[0]
 
 
 def study_file(tmp_path, mirror, cache, name, **train) -> Path:
@@ -326,6 +352,27 @@ def test_a_study_whose_trials_each_run_ddp_over_two_devices(tmp_path, mirror, sh
         result = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())
         assert result["world_size"] == 2 and result["launch"]["kind"] == "lightning"
         assert {r["cuda_visible_devices"] for r in result["launch"]["ranks"]} == {"0,1"}
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_diverging_ddp_trial_fails_and_the_worker_goes_on(tmp_path, mirror, shared_cache):
+    """Lightning kills the main process when a child it started exits with an error; a sweep
+    worker must survive its DDP trial's failure (both ranks diverge) and run the next trial."""
+    from attnlab.sweep.spec import load_study
+    from attnlab.sweep.storage import open_study, storage_url
+
+    path = study_file(tmp_path, mirror, shared_cache, "diverge", val_bleu=False)
+    document = yaml.safe_load(path.read_text())
+    document["rows"] = [{"id": "explodes", "train": {"peak_lr": 1.0e6, "warmup_steps": 1}},
+                        {"id": "fine", "model": {"n_heads": 1}}]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    out = attnlab("sweep", "run", path, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = load_study(path)
+    trials = {t.user_attrs["row"]: t for t in open_study(study, storage_url(study)).get_trials(deepcopy=False)}
+    assert trials["explodes"].state.name == "FAIL" and trials["explodes"].user_attrs["fail_kind"] == "diverged"
+    assert trials["fine"].state.name == "COMPLETE" and trials["base"].state.name == "COMPLETE"
 
 
 @pytest.mark.slow

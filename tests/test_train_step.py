@@ -95,6 +95,14 @@ def test_divergence_names_its_first_step_when_seen_at_a_log_step(tmp_path, cache
     assert first <= seen and seen % 5 == 0  # found at the next log step
 
 
+def test_divergence_in_the_last_steps_before_a_log_step_is_not_missed(tmp_path, cache):
+    config = tiny_run(tmp_path, cache, "late", peak_lr=1e6, warmup_steps=1, max_steps=7, log_every_steps=50,
+                      val_every_steps=100)
+    with pytest.raises(FloatingPointError, match="the run diverged"):
+        train(config)
+    assert not (tmp_path / "runs" / "late" / "result.json").exists()
+
+
 def test_length_buckets_repeat_shapes_and_leave_the_loss_unchanged():
     """Bucketed batches take one of a few shapes (length, rows), and padding them, rows of empty
     pairs included, changes neither the loss nor the token count."""

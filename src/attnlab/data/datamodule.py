@@ -179,8 +179,14 @@ class TranslationDataModule(pl.LightningDataModule):
                 "batches_per_step": world * accumulate, "world_size": world}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state:  # checkpoints before batches_per_step was stored: one process, position as is
-            self._resume = (state["epoch"], state["batches_done"], state.get("batches_per_step"))
+        if not state:
+            return
+        done = state["batches_done"]
+        if "batches_per_step" not in state and self.trainer is not None:
+            # Written before positions counted every rank: it counted this rank's batches, and
+            # can only have been written on as many ranks as resume it (or one).
+            done *= self.trainer.world_size
+        self._resume = (state["epoch"], done, state.get("batches_per_step"))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data.valid, shuffle=False, distributed=True)

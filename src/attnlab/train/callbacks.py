@@ -31,7 +31,7 @@ class TrainClock(pl.Callback):
         self.stats_path, self.pad_id = Path(stats_path), pad_id
         self.every, self.budget = max(1, log_every), budget_minutes
         self.seconds = 0.0  # training time before the current window
-        self.tokens = 0  # tokens before the current window
+        self.tokens = 0  # tokens of every rank before the current window
         self._window_tokens: torch.Tensor | None = None  # on the device, since the last log step
         self._window_seconds = 0.0
         self._last: float | None = None
@@ -62,14 +62,21 @@ class TrainClock(pl.Callback):
             trainer.should_stop = bool(trainer.strategy.broadcast(stop)) if world > 1 else stop
 
     def _close_window(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Read the window's tokens (the one wait for the device), summed over the ranks."""
-        tokens = int(trainer.strategy.reduce(self._window_tokens.double(), reduce_op="sum"))
-        local = int(self._window_tokens)
-        if self._window_seconds > 0:
-            pl_module.log("train/tokens_per_s", tokens / self._window_seconds, on_step=True, prog_bar=True)
-        self.tokens += local
-        self.seconds += self._window_seconds
+        tokens, seconds = self._drain(trainer)
+        if seconds > 0:
+            pl_module.log("train/tokens_per_s", tokens / seconds, on_step=True, prog_bar=True)
+
+    def _drain(self, trainer: pl.Trainer) -> tuple[int, float]:
+        """Add the open window to the totals: its tokens read from the device (the one wait for
+        it) and summed over the ranks, a collective every rank reaches at the same step."""
+        window = self._window_tokens
+        if window is None:
+            window = torch.zeros((), device=trainer.strategy.root_device)
+        tokens = int(trainer.strategy.reduce(window.double(), reduce_op="sum"))
+        seconds = self._window_seconds
+        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
         self._window_tokens, self._window_seconds = None, 0.0
+        return tokens, seconds
 
     @property
     def elapsed(self) -> float:
@@ -77,9 +84,15 @@ class TrainClock(pl.Callback):
         return self.seconds + self._window_seconds
 
     # -- checkpoints and totals ----------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
     def state_dict(self) -> dict[str, Any]:
-        window = int(self._window_tokens) if self._window_tokens is not None else 0
-        return {"tokens": self.tokens + window, "seconds": self.elapsed}
+        """Every rank writes its checkpoint state together (Trainer.save_checkpoint), so the open
+        window can be summed over the ranks here: a resumed run counts on from the true total."""
+        if getattr(self, "_trainer", None) is not None:
+            self._drain(self._trainer)
+        return {"tokens": self.tokens, "seconds": self.elapsed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tokens, self.seconds = int(state["tokens"]), float(state["seconds"])
@@ -89,15 +102,29 @@ class TrainClock(pl.Callback):
             self.load_state_dict(checkpoint["throughput"])
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Totals over all ranks: tokens summed, time of the slowest rank; rank 0 writes them."""
-        state = self.state_dict()
-        device = pl_module.device
-        tokens = trainer.strategy.reduce(torch.tensor(float(state["tokens"]), dtype=torch.float64, device=device),
-                                         reduce_op="sum")
-        seconds = torch.tensor(state["seconds"], dtype=torch.float64, device=device)
+        """Totals: tokens of every rank, time of the slowest; rank 0 writes them."""
+        self._drain(trainer)
+        seconds = torch.tensor(self.seconds, dtype=torch.float64, device=pl_module.device)
         if trainer.world_size > 1:
             torch.distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX)
         if trainer.is_global_zero:
             self.stats_path.write_text(json.dumps({
-                "train_steps": trainer.global_step, "epochs": trainer.current_epoch, "train_tokens": int(tokens),
+                "train_steps": trainer.global_step, "epochs": trainer.current_epoch, "train_tokens": self.tokens,
                 "train_seconds": float(seconds), "world_size": trainer.world_size}))
+
+
+class FinalCheckpoint(pl.Callback):
+    """The last step's checkpoint, when the last periodic one came earlier (a time budget, a
+    step count between validations), written inside fit where every rank takes part, as saving
+    requires, and where the spawned ranks of ddp_spawn still hold the optimizer's state."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, step: int) -> Path:
+        return self.directory / f"step{step:07d}.ckpt"
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = self.path(trainer.global_step)
+        if trainer.strategy.broadcast(trainer.is_global_zero and not path.exists()):  # rank 0 decides
+            trainer.save_checkpoint(path)

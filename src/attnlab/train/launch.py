@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from attnlab.config import TrainConfig
-from attnlab.errors import ConfigError, LaunchError
+from attnlab.errors import AttnlabError, ConfigError, LaunchError
 
 Kind = Literal["single", "spawn", "lightning", "torchrun", "slurm"]
 PLAN_ENV = "ATTNLAB_RUN_PLAN"  # rank 0's plan, inherited by the ranks Lightning's launcher starts
@@ -58,7 +59,11 @@ class Launch:
     node_rank: int
     devices: int  # processes per node
     num_nodes: int
-    backend: str  # gloo on CPU, nccl on CUDA
+    device: str = "cpu"  # this rank's device, as Lightning picks it ("cuda:1" with devices: "1,3")
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device.startswith("cuda") else "gloo"
 
     @property
     def is_rank_zero(self) -> bool:
@@ -122,12 +127,12 @@ def resolve(t: TrainConfig) -> Launch:
     strategy = trainer.strategy
     devices, nodes = trainer.num_devices, trainer.num_nodes
     world = devices * nodes
-    backend = "nccl" if strategy.root_device.type == "cuda" else "gloo"
+    device = str(strategy.root_device)
     setting = f"train.devices={t.devices!r} x train.num_nodes={t.num_nodes}"
     external = _external()
     if external is not None:
         launcher, launched = external
-        return _externally_started(launcher, launched, strategy, devices, nodes, backend, setting)
+        return _externally_started(launcher, launched, strategy, devices, nodes, device, setting)
     if nodes > 1:
         raise LaunchError(
             f"{setting}: this process was started alone, not by torchrun or srun, and nothing would start the other "
@@ -135,18 +140,19 @@ def resolve(t: TrainConfig) -> Launch:
             f"`torchrun --nnodes {nodes} --node-rank K --nproc-per-node {devices} --master-addr HOST "
             "--master-port PORT -m attnlab.cli train ...` or `srun`, or set train.num_nodes=1")
     if world == 1:
-        return Launch("single", 1, 0, 0, 0, 1, 1, backend)
+        return Launch("single", 1, 0, 0, 0, 1, 1, device)
     if not isinstance(strategy.launcher, _SubprocessScriptLauncher):
-        return Launch("spawn", world, 0, 0, 0, devices, 1, backend)
+        return Launch("spawn", world, 0, 0, 0, devices, 1, device)
+    if "LOCAL_RANK" in os.environ and PLAN_ENV not in os.environ:
+        # Lightning would take this process for one it started itself and start no other rank.
+        raise LaunchError(f"LOCAL_RANK={os.environ['LOCAL_RANK']} is set, but no rank 0 of attnlab started this "
+                          "process: unset LOCAL_RANK and start the run once (it starts the other local ranks), "
+                          "or start every rank with torchrun")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if local_rank > 0 and PLAN_ENV not in os.environ:
-        raise LaunchError(f"LOCAL_RANK={local_rank} is set, but no rank 0 started this process (${PLAN_ENV} is "
-                          "missing): start the run once, on rank 0, and it starts the other local ranks; "
-                          "or unset LOCAL_RANK")
-    return Launch("lightning", world, local_rank, local_rank, 0, devices, 1, backend)
+    return Launch("lightning", world, local_rank, local_rank, 0, devices, 1, device)
 
 
-def _externally_started(launcher: str, launched: int, strategy, devices: int, nodes: int, backend: str,
+def _externally_started(launcher: str, launched: int, strategy, devices: int, nodes: int, device: str,
                         setting: str) -> Launch:
     from lightning.fabric.plugins.environments import SLURMEnvironment
     from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -155,12 +161,15 @@ def _externally_started(launcher: str, launched: int, strategy, devices: int, no
     variable, program = ("SLURM_NTASKS", "srun") if launcher == "slurm" else ("WORLD_SIZE", "torchrun")
     world = 1 if isinstance(strategy, SingleDeviceStrategy) else devices * nodes
     if launched != world:
+        outcome = ("each would train on its own and overwrite the same run folder" if world == 1 else
+                   f"the ranks would wait for {world - launched} that nobody starts" if launched < world else
+                   "the ranks could not agree on their number")
         raise LaunchError(
-            f"{program} started {launched} process(es) ({variable}={launched}), but {setting} makes {world}: each "
-            f"would train on its own and overwrite the same run folder. Set train.devices to the processes per node "
-            f"and train.num_nodes to the nodes, so that devices x num_nodes = {launched}")
+            f"{program} started {launched} process(es) ({variable}={launched}), but {setting} makes {world}: "
+            f"{outcome}. Set train.devices to the processes per node and train.num_nodes to the nodes, so that "
+            f"devices x num_nodes = {launched}")
     if launched == 1:
-        return Launch("single", 1, 0, 0, 0, 1, 1, backend)
+        return Launch("single", 1, 0, 0, 0, 1, 1, device)
     if not isinstance(strategy.launcher, _SubprocessScriptLauncher):
         raise LaunchError(f"train.strategy={strategy.__class__.__name__} starts its own processes, but {program} "
                           "already started them: use train.strategy=ddp (or auto)")
@@ -171,7 +180,8 @@ def _externally_started(launcher: str, launched: int, strategy, devices: int, no
             env.validate_settings(num_devices=devices, num_nodes=nodes)
         except (ValueError, RuntimeError) as error:
             raise LaunchError(f"srun and {setting} disagree: {error}") from None
-    return Launch(launcher, world, env.global_rank(), env.local_rank(), env.node_rank(), devices, nodes, backend)  # type: ignore[arg-type]
+    return Launch(launcher, world, env.global_rank(), env.local_rank(), env.node_rank(), devices, nodes,  # type: ignore[arg-type]
+                  device)
 
 
 def master_address(launch: Launch) -> tuple[str, int]:
@@ -203,7 +213,7 @@ def join(launch: Launch, timeout_s: float) -> None:
     except (RuntimeError, ValueError, OSError) as error:  # DistStoreError / DistNetworkError
         raise LaunchError(_rendezvous_failure(launch, address, port, timeout_s, error)) from None
     store.set_timeout(COLLECTIVE_TIMEOUT)
-    device = torch.device("cuda", launch.local_rank) if launch.backend == "nccl" else None
+    device = torch.device(launch.device) if launch.backend == "nccl" else None  # Lightning's pick, not local_rank
     if device is not None:
         torch.cuda.set_device(device)
     # The prefix init_process_group gives the store it creates itself: ranks that Lightning
@@ -250,29 +260,80 @@ def share(launch: Launch, plan: Plan | None) -> Plan:
 
 
 @contextlib.contextmanager
-def children_run(launch: Launch, config_path: Path, plan: Plan) -> Iterator[None]:
-    """While rank 0 fits under Lightning's launcher, the children it starts inherit its plan
-    through the environment, and the command it re-executes for them is `attnlab train <run
-    folder>/config.yaml`: the resolved config rank 0 wrote, whatever verb started rank 0 (a sweep
-    worker's children must train its trial, not claim trials). The command comes from sys.argv
-    (Lightning's documented behaviour), so only when the main program is attnlab's CLI; a user's
-    own script is re-run as Lightning always does."""
-    saved = {k: os.environ.get(k) for k in LAUNCHER_ENV}
-    argv = list(sys.argv)
-    if launch.kind == "lightning" and launch.rank == 0:
-        os.environ[PLAN_ENV] = json.dumps(asdict(plan))
-        if _main_is_attnlab():
-            sys.argv[1:] = ["train", str(config_path)]
+def all_or_none(launch: Launch) -> Iterator[None]:
+    """Ranks started together (torchrun, srun) prepare their data apart: one that fails (its node
+    cannot reach the corpus, say) tells the others, and every rank stops with its message
+    instead of waiting in the first collective. Lightning's children are watched by rank 0."""
+    if not (launch.kind in ("torchrun", "slurm") and dist.is_initialized()):
+        yield
+        return
+    error: AttnlabError | None = None
     try:
         yield
+    except AttnlabError as failure:
+        error = failure
+    reports: list[str | None] = [None] * launch.world_size
+    dist.all_gather_object(reports, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+    if failed:
+        rank, report = failed[0]
+        raise LaunchError(f"rank {rank} stopped before training: {report}")
+
+
+@contextlib.contextmanager
+def children_run(launch: Launch, config_path: Path, plan: Plan, trainer: pl.Trainer,
+                 threads: int | None) -> Iterator[None]:
+    """Around rank 0's fit under Lightning's launcher: the children it starts inherit its plan
+    through the environment, and the command it re-executes for them is `attnlab train <run
+    folder>/config.yaml`, the resolved config rank 0 wrote, whatever verb started rank 0 (a sweep
+    worker's children must train its trial, not claim trials). The command comes from sys.argv
+    (Lightning's documented behaviour), so only when the main program is attnlab's CLI; a user's
+    own script is re-run as Lightning always does. Afterwards the process is as it was (a sweep
+    worker runs the next trial in it): environment, threads, and no child left behind."""
+    saved = {k: os.environ.get(k) for k in (*LAUNCHER_ENV, "OMP_NUM_THREADS")}
+    argv, torch_threads = list(sys.argv), torch.get_num_threads()
+    if launch.kind == "lightning" and launch.rank == 0:
+        os.environ[PLAN_ENV] = json.dumps(asdict(plan))
+        if threads:  # Lightning's launcher would otherwise set cores / devices threads, here and in the children
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        if _main_is_attnlab():
+            sys.argv[1:] = ["train", str(config_path)]
+    failed = True
+    try:
+        yield
+        failed = False
     finally:
         sys.argv[:] = argv
-        if launch.kind == "lightning" and launch.rank == 0:
+        if launch.world_size > 1 and launch.rank == 0:
+            if launch.kind == "lightning":  # ddp_spawn joins its processes itself
+                _reap_children(trainer, failed)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+            torch.set_num_threads(torch_threads)
+
+
+def _reap_children(trainer: pl.Trainer, failed: bool, grace_s: float = 60.0) -> None:
+    """Lightning watches the children it started and SIGKILLs this process when one exits with
+    an error, even after fit: a sweep worker would die with its next trial. Taking them off the
+    list it watches stops that; then they are waited for (after a failure, killed: they may wait
+    in a collective for a rank that left)."""
+    children = list(getattr(trainer.strategy.launcher, "procs", None) or [])
+    if not children:
+        return
+    trainer.strategy.launcher.procs.clear()  # the watcher's own list: it now sees no child
+    for child in children:
+        if failed:
+            child.kill()
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _main_is_attnlab() -> bool:

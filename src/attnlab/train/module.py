@@ -95,18 +95,19 @@ class TranslationModule(pl.LightningModule):
         applied, so a 2-rank run and a 1-process run accumulating 2 batches log the same curve),
         and the divergence check: the one wait for the device in `log_every_steps` steps."""
         loss_sum, nll_sum, tokens, batches = self.trainer.strategy.reduce(self._step_sums, reduce_op="sum").tolist()
-        self._check_finite()
+        self._check_finite(self.global_step + 1)
         self.log("train/loss", loss_sum / batches, on_step=True, prog_bar=True)
         self.log("train/ppl", math.exp(min(nll_sum / max(tokens, 1), 50)), on_step=True)
 
-    def _check_finite(self) -> None:
+    def _check_finite(self, seen_at: int) -> None:
         """A diverged run fails with the first step whose loss was NaN or infinite, on every rank
-        at once (the flag is the maximum over the ranks)."""
+        at once (the flag is the maximum over the ranks). Checked at log steps, before each
+        validation and checkpoint, and at the end, all places every rank reaches together."""
         first = int(self.trainer.strategy.reduce(self._diverged_at.clone(), reduce_op="max")) \
             if self.trainer.world_size > 1 else int(self._diverged_at)
         if first >= 0:
             raise FloatingPointError(f"training loss is not finite (nan or inf) since step {first}, seen at step "
-                                     f"{self.global_step + 1}: the run diverged; lower the learning rate "
+                                     f"{seen_at}: the run diverged; lower the learning rate "
                                      "(train.peak_lr / lr_scale) or clip gradients (train.grad_clip)")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -119,9 +120,12 @@ class TranslationModule(pl.LightningModule):
         self._step_sums = self._step_sums.to(self.device)
         self._diverged_at = self._diverged_at.to(self.device)
 
+    def on_train_end(self) -> None:
+        self._check_finite(self.global_step)  # a NaN in the last steps before a log step
+
     # -- validation ------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._check_finite()  # never validate, or checkpoint, weights that already diverged
+        self._check_finite(self.global_step)  # never validate weights that already diverged
         self._val = {"nll": 0.0, "tokens": 0, "hyps": {}}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -163,14 +167,18 @@ class TranslationModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg, d_model = self.train_config, self.model.config.d_model
         scale = scale_for_peak(cfg.peak_lr, d_model, cfg.warmup_steps) if cfg.peak_lr else cfg.lr_scale
-        on_cuda = next(self.model.parameters()).is_cuda  # one fused kernel for all parameters there
+        # One fused kernel for all parameters on CUDA; Lightning refuses to clip the gradients of a
+        # fused optimizer under mixed precision, so clipping keeps the plain one there.
+        fused = next(self.model.parameters()).is_cuda and (cfg.grad_clip is None or cfg.precision == "32-true")
         optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                     weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
+                                     weight_decay=cfg.weight_decay, fused=True if fused else None)
         scheduler = noam_scheduler(optimizer, d_model, cfg.warmup_steps, scale)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.training:  # every rank saves together
+            self._check_finite(self.global_step)  # never a checkpoint of diverged weights
         # The version lets a later attnlab refuse, by name, a layout it cannot read.
         checkpoint["attnlab"] = {**self.checkpoint_extra, "format_version": FORMAT_VERSION}
         checkpoint["rng"] = {"torch": torch.get_rng_state()}  # dropout masks continue exactly on resume

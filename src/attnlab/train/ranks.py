@@ -25,10 +25,13 @@ class SameRun(pl.Callback):
     with one message. Rank 0 keeps who the ranks were (RANKS_FILE) for result.json, and at the
     end how far apart their weights are (0.0: DDP kept them identical, as it must)."""
 
-    def __init__(self, definition: dict[str, Any], vocab_path: Path, run_dir: Path) -> None:
+    def __init__(self, definition: dict[str, Any], vocab_path: Path, run_dir: Path, log_every_steps: int) -> None:
         from attnlab import allocator
 
         vocab_sha256 = hashlib.sha256(Path(vocab_path).read_bytes()).hexdigest()
+        # log_every_steps does not change what a run computes, but it sets the steps of the
+        # collectives in a training step: ranks that disagree on it would pair them wrongly.
+        definition = {**definition, "train.log_every_steps": log_every_steps}
         self.facts = {"definition": definition, "vocab_sha256": vocab_sha256,
                       "host": socket.gethostname(), "pid": os.getpid(), "allocator": allocator.active() or "system",
                       "run_dir": str(run_dir), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

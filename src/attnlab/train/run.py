@@ -38,12 +38,12 @@ from attnlab.data.tokenizer import Vocabulary
 from attnlab.errors import AttnlabError, LaunchError
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.paths import check_writable_folder
-from attnlab.train.callbacks import STATS_FILE, TrainClock
+from attnlab.train.callbacks import STATS_FILE, FinalCheckpoint, TrainClock
 from attnlab.train.checkpoints import check_resumable, latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
 from attnlab.train.history import History
-from attnlab.train.launch import Launch, Plan, children_run, join, leave, resolve, share
+from attnlab.train.launch import Launch, Plan, all_or_none, children_run, join, leave, resolve, share
 from attnlab.train.module import TranslationModule
 from attnlab.train.ranks import Recount, SameRun
 from attnlab.train.rundir import CONFIG_FILE, move_aside, must_move_aside
@@ -61,13 +61,14 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl
         monitor="global_step", mode="max", save_top_k=t.keep_checkpoints,
         every_n_train_steps=t.checkpoint_every_steps)
     clock = TrainClock(run_dir / STATS_FILE, pad_id, t.log_every_steps, t.max_train_minutes)
+    final = FinalCheckpoint(run_dir / "checkpoints")
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_steps=t.max_steps if t.max_steps is not None else -1, max_epochs=t.max_epochs,
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
         logger=logger if logger is not None else False,
-        callbacks=[checkpoint, clock, History(run_dir, t.log_every_steps, clock), *callbacks],
+        callbacks=[checkpoint, clock, History(run_dir, t.log_every_steps, clock), *callbacks, final],
         enable_progress_bar=config.logging.progress_bar and not config.logging.quiet,
         enable_model_summary=not config.logging.quiet, use_distributed_sampler=False,  # our sampler shards
         default_root_dir=str(run_dir), log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0, **val_interval,
@@ -194,13 +195,9 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
         torch.set_num_threads(config.train.threads)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
 
-    data = TranslationDataModule(config.data)
-    data.prepare_data()  # every data error surfaces here, before the model exists
-    data.setup("fit")
+    with all_or_none(launch):  # a data error on one node stops every node, not only its own
+        data, model = _data_and_model(config)
     vocab = data.vocab
-    model = build_model(config.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
-    for split in (data.data.train, data.data.valid, *data.data.tests.values()):  # fail now, not mid-run
-        check_lengths(model, split, targets=True)
     params = count_parameters(model)
     if launch.is_rank_zero:
         _set_up_folder(config, run_dir, plan)
@@ -210,14 +207,13 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
                                decode=config.decode)
     logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab), **(extra or {})}) \
         if launch.is_rank_zero else None
-    same_run = SameRun(config.definition(), vocab.path, run_dir)
+    same_run = SameRun(config.definition(), vocab.path, run_dir, config.train.log_every_steps)
     trainer = _trainer(config, run_dir, logger, [*callbacks, same_run, Recount()], vocab.pad_id)
     failed, sync_command = True, None
     try:
-        with children_run(launch, run_dir / CONFIG_FILE, plan):
+        with children_run(launch, run_dir / CONFIG_FILE, plan, trainer, config.train.threads):
             trainer.fit(module, datamodule=data, ckpt_path=plan.resume_from)
         pruned = _pruned(callbacks)
-        final_checkpoint = _save_final_checkpoint(trainer, run_dir, launch, pruned is None)
         if not launch.is_rank_zero:
             failed = False
             return {}
@@ -234,7 +230,7 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
                             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "ranks": ranks["ranks"]}
         if "weights_max_rank_difference" in ranks:
             result["weights_max_rank_difference"] = ranks["weights_max_rank_difference"]
-        result["final_checkpoint"] = str(final_checkpoint)
+        result["final_checkpoint"] = str(FinalCheckpoint(run_dir / "checkpoints").path(totals["train_steps"]))
         failed = False
     finally:
         wandb_id = logger.experiment.id if logger is not None else None
@@ -246,6 +242,17 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
     if sync_command and not config.logging.quiet:
         print(f"W&B run saved offline; upload it with: {sync_command}")
     return result
+
+
+def _data_and_model(config: ExperimentConfig) -> tuple[TranslationDataModule, Transformer]:
+    data = TranslationDataModule(config.data)
+    data.prepare_data()  # every data error surfaces here, before the model exists
+    data.setup("fit")
+    vocab = data.vocab
+    model = build_model(config.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
+    for split in (data.data.train, data.data.valid, *data.data.tests.values()):  # fail now, not mid-run
+        check_lengths(model, split, targets=True)
+    return data, model
 
 
 def _set_up_folder(config: ExperimentConfig, run_dir: Path, plan: Plan) -> None:
@@ -268,20 +275,6 @@ def _pruned(callbacks: list[pl.Callback]) -> Exception | None:
             except Exception as error:  # noqa: BLE001 - optuna.TrialPruned, re-raised by the caller
                 return error
     return None
-
-
-def _save_final_checkpoint(trainer: pl.Trainer, run_dir: Path, launch: Launch, wanted: bool) -> Path:
-    """The last step's checkpoint when the last periodic one came earlier (a time budget, a
-    step count between validations). Saving is collective: rank 0 decides and writes, every rank
-    takes part, so no rank leaves while another waits in the save's barrier."""
-    if launch.is_rank_zero:  # the spawned ranks' step count reaches the main process through the stats file
-        step = json.loads((run_dir / STATS_FILE).read_text())["train_steps"]
-    else:
-        step = trainer.global_step
-    path = run_dir / "checkpoints" / f"step{step:07d}.ckpt"
-    if trainer.strategy.broadcast(wanted and launch.is_rank_zero and not path.exists()):
-        trainer.save_checkpoint(path)
-    return path
 
 
 def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,
