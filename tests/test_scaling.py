@@ -197,7 +197,7 @@ def test_resuming_with_other_batches_per_step_is_refused(tmp_path):
 
 
 def test_device_groups_for_trials_over_several_devices():
-    from attnlab.sweep.commands import device_groups
+    from attnlab.sweep.commands import worker_devices
 
     class Row:
         def __init__(self, devices):
@@ -207,10 +207,31 @@ def test_device_groups_for_trials_over_several_devices():
         def __init__(self, devices):
             self.rows, self.base = [Row(devices)], None
 
-    assert device_groups(Study(1), "0,1,2", 4) == ["0", "1", "2", "0"]
-    assert device_groups(Study(2), "0,1,2,3", 2) == ["0,1", "2,3"]
+    assert worker_devices(Study(1), "0,1,2", 4) == ["0", "1", "2", "0"]
+    assert worker_devices(Study(2), "0,1,2,3", 2) == ["0,1", "2,3"]
+    assert worker_devices(Study(1), None, 1) == [None] and worker_devices(Study(1), None, 3) == [None] * 3
     with pytest.raises(ConfigError, match="--workers 2 x train.devices 2 .* needs 4 devices"):
-        device_groups(Study(2), "0,1", 2)
+        worker_devices(Study(2), "0,1", 2)
+    # --workers-per-device K: K workers on each device (or each group of a DDP trial's devices)
+    assert worker_devices(Study(1), "0,1", 1, per_device=2) == ["0", "0", "1", "1"]
+    assert worker_devices(Study(2), "0,1,2,3", 1, per_device=2) == ["0,1", "0,1", "2,3", "2,3"]
+    assert worker_devices(Study(1), None, 1, per_device=3) == [None] * 3
+    with pytest.raises(ConfigError, match="--workers 3 and --workers-per-device 2 disagree: the latter starts 4"):
+        worker_devices(Study(1), "0,1", 3, per_device=2)
+
+
+def test_a_share_of_the_gpu_memory_and_out_of_memory_trials(monkeypatch):
+    """K workers per device each get 1/K of its memory; a trial beyond it fails, not settled."""
+    from attnlab.sweep.worker import out_of_memory_reason
+    from attnlab.train.launch import MEMORY_FRACTION_ENV, limit_gpu_memory
+
+    assert limit_gpu_memory() is None
+    monkeypatch.setenv(MEMORY_FRACTION_ENV, "0.25")
+    assert limit_gpu_memory() == 0.25  # and applied to every visible GPU, where there is one
+    assert "0.25 of the memory" in out_of_memory_reason() and "fewer workers per device" in out_of_memory_reason()
+    monkeypatch.setenv(MEMORY_FRACTION_ENV, "2")
+    with pytest.raises(ConfigError, match=r"expected a fraction in \(0, 1\]"):
+        limit_gpu_memory()
 
 
 # --- real launches --------------------------------------------------------------------------------
@@ -418,3 +439,44 @@ def test_one_trial_per_device(tmp_path, mirror, shared_cache):
         result = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())
         worker_index = t.user_attrs["worker"].rsplit("-", 1)[1]
         assert result["launch"]["kind"] == "single" and result["launch"]["cuda_visible_devices"] == worker_index
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_workers_per_device_share_one_device(tmp_path, mirror, shared_cache):
+    """`sweep run --devices 0 --workers-per-device 2`: two workers on device 0, each with half its memory."""
+    from attnlab.sweep.spec import load_study
+    from attnlab.sweep.storage import open_study, storage_url
+
+    path = study_file(tmp_path, mirror, shared_cache, "shared", devices=1, strategy="auto", val_bleu=False)
+    out = attnlab("sweep", "run", path, "--devices", "0", "--workers-per-device", "2", timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 workers per device, each limited to 1/2 of its memory" in out.stdout
+    study = load_study(path)
+    trials = open_study(study, storage_url(study)).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        launch = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())["launch"]
+        assert launch["cuda_visible_devices"] == "0" and launch["gpu_memory_fraction"] == 0.5
+
+
+def test_a_trial_out_of_gpu_memory_fails_and_is_queued_again(tmp_path, monkeypatch):
+    import attnlab.train.run
+    from attnlab.sweep.spec import load_study
+    from attnlab.sweep.storage import claim, enqueue_missing, open_study, storage_url
+    from attnlab.sweep.worker import run_trial
+    from test_sweep import tiny_study
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(attnlab.train.run, "train", out_of_memory)
+    study = load_study(tiny_study(tmp_path, "", [], name="oom"))
+    url = storage_url(study)
+    ostudy = open_study(study, url)
+    assert enqueue_missing(ostudy, study, url) == 1
+    run_trial(study, ostudy, claim(ostudy, url), "w")
+    [trial] = ostudy.get_trials(deepcopy=False)
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_kind"] == "out_of_memory"
+    assert "fewer workers per device" in trial.user_attrs["fail_reason"]
+    assert enqueue_missing(ostudy, study, url) == 1  # not a settled failure: the next run tries again

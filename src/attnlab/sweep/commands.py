@@ -73,43 +73,73 @@ def cmd_run(args: argparse.Namespace) -> int:
         queued = enqueue_missing(ostudy, study, url, retry_failed=args.retry_failed)
         print(f"study {study.name!r}: {len(study.rows)} rows x {len(study.seeds)} seeds = {len(study.trials())} "
               f"trials; {queued} queued now; storage {redact(url)}", flush=True)
-    if args.workers == 1 and not args.devices:
+    placement = worker_devices(study, args.devices, args.workers, args.workers_per_device)
+    if placement == [None]:
         (tune if study.tuning else work)(study, url, worker_name(), threads=args.threads)
     else:  # --devices: even one worker is a process of its own, so that it sees only its devices
-        _spawn_workers(args, url, device_groups(study, args.devices, args.workers))
+        if args.workers_per_device > 1:
+            print(sharing_note(args.workers_per_device), flush=True)
+        _spawn_workers(args, url, placement, args.workers_per_device)
     print(json.dumps(summary(ostudy)))
     return 0
 
 
-def device_groups(study, devices: str | None, workers: int) -> list[str]:
-    """Each worker's CUDA_VISIBLE_DEVICES: one device each for trials on one device (worker i
-    gets device i mod n), or disjoint groups of `train.devices` for trials that run DDP over
-    several (--workers 2 --devices 0,1,2,3 with train.devices: 2 gives 0,1 and 2,3)."""
+def worker_devices(study, devices: str | None, workers: int, per_device: int = 1) -> list[str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES (None: not set), one entry per worker to start.
+
+    A trial on one device gets one device id, a trial that runs DDP over `train.devices` of them
+    a disjoint group (--workers 2 --devices 0,1,2,3 with train.devices: 2 gives 0,1 and 2,3).
+    `--workers N` deals the ids (groups) out in turn; `--workers-per-device K` starts K workers
+    on each of them instead (small trials that leave most of a GPU idle)."""
     from attnlab.config import device_count
     from attnlab.errors import ConfigError
 
     ids = [d for d in (devices or "").split(",") if d]
-    if not ids:
-        return []
     configs = [row.config.train for row in study.rows] or [study.base.train]
     per_trial = max(device_count(t.devices, t.accelerator) or 1 for t in configs)
+    if per_device > 1:
+        groups: list[str | None] = [",".join(ids[i:i + per_trial]) for i in range(0, len(ids), per_trial)] or [None]
+        if ids and len(ids) % per_trial:
+            raise ConfigError(f"--devices lists {len(ids)} devices ({','.join(ids)}), not a multiple of the "
+                              f"{per_trial} each trial's ranks take (train.devices)")
+        if workers not in (1, len(groups) * per_device):
+            raise ConfigError(f"--workers {workers} and --workers-per-device {per_device} disagree: the latter "
+                              f"starts {len(groups) * per_device} workers ({per_device} on each of {len(groups)} "
+                              "device(s)); give one of them")
+        return [group for group in groups for _ in range(per_device)]
+    if not ids:
+        return [None] * workers
     if per_trial == 1:
         return [ids[i % len(ids)] for i in range(workers)]
     if workers * per_trial > len(ids):
         raise ConfigError(f"--workers {workers} x train.devices {per_trial} (each trial's ranks) needs "
                           f"{workers * per_trial} devices, but --devices lists {len(ids)} ({','.join(ids)}): list "
-                          "more devices or start fewer workers")
+                          "more devices, start fewer workers, or share devices with --workers-per-device")
     return [",".join(ids[i * per_trial:(i + 1) * per_trial]) for i in range(workers)]
 
 
-def _spawn_workers(args: argparse.Namespace, url: str, devices: list[str]) -> None:
-    """N worker processes on this machine, each with its share of the cores or its own devices."""
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+def sharing_note(per_device: int) -> str:
+    """How K workers will share each GPU: CUDA MPS when its daemon runs, time-slicing otherwise."""
+    from pathlib import Path
+
+    mps = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")).exists()
+    how = ("through CUDA MPS" if mps else
+           "by time-slicing (no CUDA MPS daemon runs; `nvidia-cuda-mps-control -d` starts one, which shares better)")
+    return (f"{per_device} workers per device, each limited to 1/{per_device} of its memory, sharing it {how}")
+
+
+def _spawn_workers(args: argparse.Namespace, url: str, devices: list[str | None], per_device: int = 1) -> None:
+    """Worker processes on this machine, each with its share of the cores and its own devices."""
+    from attnlab.train.launch import MEMORY_FRACTION_ENV
+
+    threads = args.threads or max(1, (os.cpu_count() or 1) // len(devices))
     procs = []
-    for i in range(args.workers):
+    for i, device in enumerate(devices):
         env = {**os.environ, STORAGE_ENV: url}
-        if devices:
-            env["CUDA_VISIBLE_DEVICES"] = devices[i]
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        if per_device > 1:
+            env[MEMORY_FRACTION_ENV] = str(1 / per_device)
         cmd = [sys.executable, "-m", "attnlab.cli", "sweep", "worker", args.study, "--name", f"{worker_name()}-{i}",
                "--threads", str(threads), *(f"--set={pair}" for pair in args.set)]
         procs.append(subprocess.Popen(cmd, env=env))
@@ -235,6 +265,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--devices", type=device_list,
                      help="comma-separated GPU ids; worker i gets device i mod n, or its own train.devices of them "
                           "for trials that run DDP over several")
+    run.add_argument("--workers-per-device", type=positive_int, default=1, metavar="K",
+                     help="start K workers on each device of --devices (small trials), each with 1/K of its memory")
     run.add_argument("--threads", type=positive_int, help="torch threads per worker (default: cores / workers)")
     run.add_argument("--retry-failed", action="store_true", help="also rerun trials that diverged or failed")
     run.add_argument("--rerun-changed", action="store_true",

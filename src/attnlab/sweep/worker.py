@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import traceback
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from attnlab.sweep.spec import Study
@@ -48,6 +50,9 @@ def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: s
         except FloatingPointError as error:
             _fail(ostudy, trial, "diverged", str(error))
             return
+        except torch.cuda.OutOfMemoryError:  # not settled: it runs again with fewer workers per device
+            _fail(ostudy, trial, "out_of_memory", out_of_memory_reason())
+            return
         except Exception as error:  # noqa: BLE001 - any failure of one row must not stop the study
             _fail(ostudy, trial, "error", "".join(traceback.format_exception_only(error)).strip()[-2000:])
             return
@@ -55,6 +60,15 @@ def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: s
         if key in result:
             trial.set_user_attr(key, result[key])
     ostudy.tell(trial, result[study.metric])
+
+
+def out_of_memory_reason() -> str:
+    from attnlab.train.launch import MEMORY_FRACTION_ENV
+
+    share = os.environ.get(MEMORY_FRACTION_ENV)
+    where = f"its share of the GPU ({float(share):.3g} of the memory: `--workers-per-device`)" if share else "the GPU"
+    return (f"the trial ran out of memory on {where}: start fewer workers per device, or lower data.max_tokens; "
+            "`attnlab sweep run` again reruns it")
 
 
 def _fail(ostudy: optuna.Study, trial: optuna.Trial, kind: str, reason: str) -> None:

@@ -42,6 +42,7 @@ from attnlab.errors import AttnlabError, ConfigError, LaunchError
 
 Kind = Literal["single", "spawn", "lightning", "torchrun", "slurm"]
 PLAN_ENV = "ATTNLAB_RUN_PLAN"  # rank 0's plan, inherited by the ranks Lightning's launcher starts
+MEMORY_FRACTION_ENV = "ATTNLAB_GPU_MEMORY_FRACTION"  # set by `sweep run --workers-per-device K`: 1/K
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default: long validations and checkpoints
 # What Lightning's launcher sets in rank 0's own environment; restored after the run, so a
 # sweep worker's next trial starts clean.
@@ -341,6 +342,24 @@ def _main_is_attnlab() -> bool:
 
     spec = getattr(__main__, "__spec__", None)
     return (spec is not None and spec.name == "attnlab.cli") or Path(sys.argv[0]).name == "attnlab"
+
+
+def limit_gpu_memory() -> float | None:
+    """This process's share of each visible GPU's memory, when workers share one (1/K): beyond it
+    torch raises OutOfMemoryError instead of starving the other workers. Returns the share."""
+    text = os.environ.get(MEMORY_FRACTION_ENV)
+    if not text:
+        return None
+    try:
+        fraction = float(text)
+    except ValueError:
+        raise ConfigError(f"${MEMORY_FRACTION_ENV}={text!r}: expected a fraction in (0, 1]") from None
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"${MEMORY_FRACTION_ENV}={text!r}: expected a fraction in (0, 1]")
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return fraction
 
 
 def leave() -> None:

@@ -43,7 +43,7 @@ from attnlab.train.checkpoints import check_resumable, latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
 from attnlab.train.history import History
-from attnlab.train.launch import Launch, Plan, all_or_none, children_run, join, leave, resolve, share
+from attnlab.train.launch import Launch, Plan, all_or_none, children_run, join, leave, limit_gpu_memory, resolve, share
 from attnlab.train.module import TranslationModule
 from attnlab.train.ranks import Recount, SameRun
 from attnlab.train.rundir import CONFIG_FILE, move_aside, must_move_aside
@@ -156,6 +156,7 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     check_writable_folder(config.output_dir, "output_dir")
     check_writable_folder(cache_dir(config.data.cache_dir), "data.cache_dir")
     launch = check_hardware(config.train)
+    limit_gpu_memory()
     if launch.joins_early:
         join(launch, config.train.rendezvous_timeout)
     try:
@@ -227,7 +228,8 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
         result["allocator"] = allocator.active() or "system"
         ranks = same_run.read(run_dir)
         result["launch"] = {"kind": launch.kind, "world_size": launch.world_size, "num_nodes": launch.num_nodes,
-                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "ranks": ranks["ranks"]}
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "ranks": ranks["ranks"],
+                            "gpu_memory_fraction": limit_gpu_memory()}
         if "weights_max_rank_difference" in ranks:
             result["weights_max_rank_difference"] = ranks["weights_max_rank_difference"]
         result["final_checkpoint"] = str(FinalCheckpoint(run_dir / "checkpoints").path(totals["train_steps"]))
