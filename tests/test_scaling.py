@@ -422,41 +422,40 @@ def test_pruning_reaches_the_ranks_lightning_starts(tmp_path, mirror, shared_cac
     assert max(h["step"] for h in read_history(pruned)) == 3  # both ranks stopped after the first validation
 
 
-@pytest.mark.slow
-@pytest.mark.ddp
-def test_one_trial_per_device(tmp_path, mirror, shared_cache):
-    """`sweep run --workers 2 --devices 0,1` with trials on one device: worker i sees device i only."""
+def run_single_device_study(tmp_path, mirror, cache, name, *options):
+    """`attnlab sweep run` of a 2-trial study on one device each; (stdout, [(trial, launch)])."""
     from attnlab.sweep.spec import load_study
     from attnlab.sweep.storage import open_study, storage_url
 
-    path = study_file(tmp_path, mirror, shared_cache, "perdevice", devices=1, strategy="auto", val_bleu=False)
-    out = attnlab("sweep", "run", path, "--workers", "2", "--devices", "0,1", timeout=400)
+    path = study_file(tmp_path, mirror, cache, name, devices=1, strategy="auto", val_bleu=False)
+    out = attnlab("sweep", "run", path, *options, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     study = load_study(path)
     trials = open_study(study, storage_url(study)).get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
-    for t in trials:
-        result = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())
-        worker_index = t.user_attrs["worker"].rsplit("-", 1)[1]
-        assert result["launch"]["kind"] == "single" and result["launch"]["cuda_visible_devices"] == worker_index
+    return out.stdout, [(t, json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())["launch"])
+                        for t in trials]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_one_trial_per_device(tmp_path, mirror, shared_cache):
+    """`sweep run --workers 2 --devices 0,1` with trials on one device: worker i sees device i only."""
+    _, trials = run_single_device_study(tmp_path, mirror, shared_cache, "perdevice", "--workers", "2",
+                                        "--devices", "0,1")
+    for trial, launch in trials:
+        worker_index = trial.user_attrs["worker"].rsplit("-", 1)[1]
+        assert launch["kind"] == "single" and launch["cuda_visible_devices"] == worker_index
 
 
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_workers_per_device_share_one_device(tmp_path, mirror, shared_cache):
     """`sweep run --devices 0 --workers-per-device 2`: two workers on device 0, each with half its memory."""
-    from attnlab.sweep.spec import load_study
-    from attnlab.sweep.storage import open_study, storage_url
-
-    path = study_file(tmp_path, mirror, shared_cache, "shared", devices=1, strategy="auto", val_bleu=False)
-    out = attnlab("sweep", "run", path, "--devices", "0", "--workers-per-device", "2", timeout=400)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "2 workers per device, each limited to 1/2 of its memory" in out.stdout
-    study = load_study(path)
-    trials = open_study(study, storage_url(study)).get_trials(deepcopy=False)
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
-    for t in trials:
-        launch = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())["launch"]
+    stdout, trials = run_single_device_study(tmp_path, mirror, shared_cache, "shared", "--devices", "0",
+                                             "--workers-per-device", "2")
+    assert "2 workers per device, each limited to 1/2 of its memory" in stdout
+    for _, launch in trials:
         assert launch["cuda_visible_devices"] == "0" and launch["gpu_memory_fraction"] == 0.5
 
 
