@@ -19,7 +19,7 @@ from attnlab.sweep.urls import redact
 # result.json fields stored on the trial (Optuna user attributes) for status, export, reports.
 RESULT_ATTRS = ("bleu", "chrf", "sacrebleu_signature", "val_loss", "val_ppl", "params", "train_steps",
                 "train_tokens_per_s", "train_seconds", "wall_s", "peak_rss_mb", "run_dir", "wandb_run_id",
-                "splits", "attention", "resumed_from")
+                "splits", "attention", "resumed_from", "fixed_seconds")
 
 
 def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: str, threads: int | None = None) -> None:
@@ -60,6 +60,10 @@ def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: s
         if key in result:
             trial.set_user_attr(key, result[key])
     ostudy.tell(trial, result[study.metric])
+    fixed = result.get("fixed_seconds") or {}
+    print(f"[{worker}] {row_id} seed {seed}: {study.metric} {result[study.metric]:.2f} after {result['wall_s']} s; "
+          f"fixed cost {fixed.get('start_to_first_step')} s to the first step, "
+          f"{fixed.get('training_end_to_result')} s from the end of training to the result", flush=True)
 
 
 def out_of_memory_reason() -> str:

@@ -35,6 +35,7 @@ class TrainClock(pl.Callback):
         self._window_tokens: torch.Tensor | None = None  # on the device, since the last log step
         self._window_seconds = 0.0
         self._last: float | None = None
+        self.first_step_at: float | None = None  # wall clock (time.time) of the first batch's end
 
     # -- counting ----------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -46,6 +47,8 @@ class TrainClock(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = time.perf_counter()
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         if self._last is not None:
             self._window_seconds += now - self._last
         self._last = now
@@ -110,7 +113,8 @@ class TrainClock(pl.Callback):
         if trainer.is_global_zero:
             self.stats_path.write_text(json.dumps({
                 "train_steps": trainer.global_step, "epochs": trainer.current_epoch, "train_tokens": self.tokens,
-                "train_seconds": float(seconds), "world_size": trainer.world_size}))
+                "train_seconds": float(seconds), "world_size": trainer.world_size,
+                "first_step_at": self.first_step_at, "training_ended_at": time.time()}))
 
 
 class FinalCheckpoint(pl.Callback):

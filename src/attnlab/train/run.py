@@ -152,7 +152,7 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     the same config; `resume=False`, or `replace_changed` for a folder of another config, keeps
     the old folder beside the new run (train/rundir.py). Under several processes rank 0 alone
     decides about and writes the run folder; the others follow its plan (train/launch.py)."""
-    start = time.perf_counter()
+    start = time.time()  # wall clock: the clock of spawned ranks too
     check_writable_folder(config.output_dir, "output_dir")
     check_writable_folder(cache_dir(config.data.cache_dir), "data.cache_dir")
     launch = check_hardware(config.train)
@@ -223,7 +223,7 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
             raise pruned
         totals = json.loads((run_dir / STATS_FILE).read_text())  # from rank 0, spawned or not
         result = _final(config, model, vocab, data, run_dir, params, logger, totals)
-        result["wall_s"] = round(time.perf_counter() - start, 1)
+        result["wall_s"] = round(time.time() - start, 1)
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result["allocator"] = allocator.active() or "system"
         ranks = same_run.read(run_dir)
@@ -240,6 +240,7 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
     result["wandb_run_id"], result["wandb_sync"] = wandb_id, sync_command
     result["resumed_from"] = plan.resume_from
     result.update(extra or {})
+    result["fixed_seconds"] = fixed_seconds(start, totals)
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     if sync_command and not config.logging.quiet:
         print(f"W&B run saved offline; upload it with: {sync_command}")
@@ -255,6 +256,15 @@ def _data_and_model(config: ExperimentConfig) -> tuple[TranslationDataModule, Tr
     for split in (data.data.train, data.data.valid, *data.data.tests.values()):  # fail now, not mid-run
         check_lengths(model, split, targets=True)
     return data, model
+
+
+def fixed_seconds(start: float, totals: dict[str, Any]) -> dict[str, float | None]:
+    """What a run costs besides training: from train() to the end of the first step (set-up,
+    data, model, W&B, the first step), and from the end of training to result.json (the final
+    evaluation, statistics, W&B): the cost per trial that long-lived workers must keep small."""
+    first, ended = totals.get("first_step_at"), totals.get("training_ended_at")
+    return {"start_to_first_step": round(first - start, 2) if first else None,
+            "training_end_to_result": round(time.time() - ended, 2) if ended else None}
 
 
 def _set_up_folder(config: ExperimentConfig, run_dir: Path, plan: Plan) -> None:
