@@ -220,6 +220,17 @@ def test_device_groups_for_trials_over_several_devices():
         worker_devices(Study(1), "0,1", 3, per_device=2)
 
 
+def test_workers_that_do_not_fit_the_devices_are_refused_before_the_study_is_opened(tmp_path):
+    from test_sweep import tiny_study
+
+    path = tiny_study(tmp_path, "", [], name="placement")
+    out = attnlab("sweep", "run", path, "--devices", "0,1", "--workers", "3", "--workers-per-device", "2")
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert "--workers 3 and --workers-per-device 2 disagree" in line
+    assert not [p for p in (tmp_path / "studies").rglob("*") if p.is_file()]  # no study database, no run folder
+
+
 def test_a_share_of_the_gpu_memory_and_out_of_memory_trials(monkeypatch):
     """K workers per device each get 1/K of its memory; a trial beyond it fails, not settled."""
     from attnlab.sweep.worker import out_of_memory_reason

@@ -329,6 +329,8 @@ class LoggingConfig:
 # Fields that do not change what a run computes: editing them never makes a run or a row "changed".
 NOT_DEFINING = ("name", "output_dir", "logging.", "data.cache_dir", "data.mirror", "train.threads",
                 "train.log_every_steps", "train.rendezvous_timeout")
+# Budgets: a run may be resumed with more (or fewer) steps or minutes than it started with.
+BUDGETS = ("train.max_steps", "train.max_epochs", "train.max_minutes", "train.max_train_minutes")
 # Where and how a run is split, not what it computes: a definition holds their one product that
 # does, the batches per optimizer step, so 2 ranks and 1 process accumulating 2 batches are one run.
 PLACEMENT = ("train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.accumulate_grad_batches")
@@ -357,8 +359,7 @@ def without_placement(flat: Mapping[str, Any]) -> dict[str, Any]:
     devices = device_count(flat.get("train.devices", "auto"), flat.get("train.accelerator", "auto"))
     out[BATCHES_PER_STEP] = devices * nodes * accumulate if devices else f"auto x {nodes} x {accumulate}"
     return out
-# Budgets: a run may be resumed with more (or fewer) steps or minutes than it started with.
-BUDGETS = ("train.max_steps", "train.max_epochs", "train.max_minutes", "train.max_train_minutes")
+
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig,
             "logging": LoggingConfig}

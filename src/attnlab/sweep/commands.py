@@ -30,32 +30,42 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def train_configs(study) -> list:
+    """The TrainConfig of every row (the base's for a tuning study)."""
+    return [row.config.train for row in study.rows] or [study.base.train]
+
+
 def check_hardware(study) -> None:
     """Each distinct accelerator/devices/strategy of the study's rows, tried before any trial."""
     from attnlab.train.launch import resolve as check
 
-    configs = [row.config.train for row in study.rows] or [study.base.train]
     seen = set()
-    for t in configs:
+    for t in train_configs(study):
         key = (t.accelerator, str(t.devices), t.strategy, t.num_nodes, t.precision)
         if key not in seen:
             seen.add(key)
             check(t)
 
 
-def _open_for_work(args: argparse.Namespace, rerun_changed: bool = False):
-    """The study, its URL and Optuna study for verbs that run trials: the file, the output folder,
-    the hardware and the row definitions checked first. Returns the rows marked to rerun too."""
+def _checked_study(args: argparse.Namespace):
+    """The study and its URL for verbs that run trials: the file, the output folder and the
+    hardware checked, nothing opened or written yet."""
+    study, url = _study_and_url(args)
+    check_hardware(study)
+    return study, url
+
+
+def _open_for_work(study, url: str, rerun_changed: bool = False):
+    """The Optuna study (created on first use) with the row definitions checked; returns the
+    rows marked to rerun too."""
     from attnlab.sweep import definitions
     from attnlab.sweep.storage import open_study, queue_lock
     from attnlab.sweep.urls import storage_faults
 
-    study, url = _study_and_url(args)
-    check_hardware(study)
     ostudy = open_study(study, url)
     with storage_faults(url), queue_lock(url):
         rerun = definitions.check(ostudy, study, rerun_changed=rerun_changed)
-    return study, url, ostudy, rerun
+    return ostudy, rerun
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -63,7 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from attnlab.sweep.urls import redact
     from attnlab.sweep.worker import summary, tune, work
 
-    study, url, ostudy, rerun = _open_for_work(args, rerun_changed=args.rerun_changed)
+    study, url = _checked_study(args)
+    # Where the workers go, checked before the storage is opened: a bad --devices writes nothing.
+    placement = worker_devices(study, args.devices, args.workers, args.workers_per_device)
+    ostudy, rerun = _open_for_work(study, url, rerun_changed=args.rerun_changed)
     if rerun:
         print(f"rows {', '.join(rerun)} changed: their old trials are superseded and they run again", flush=True)
     if study.tuning:
@@ -73,7 +86,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         queued = enqueue_missing(ostudy, study, url, retry_failed=args.retry_failed)
         print(f"study {study.name!r}: {len(study.rows)} rows x {len(study.seeds)} seeds = {len(study.trials())} "
               f"trials; {queued} queued now; storage {redact(url)}", flush=True)
-    placement = worker_devices(study, args.devices, args.workers, args.workers_per_device)
     if placement == [None]:
         (tune if study.tuning else work)(study, url, worker_name(), threads=args.threads)
     else:  # --devices: even one worker is a process of its own, so that it sees only its devices
@@ -95,8 +107,7 @@ def worker_devices(study, devices: str | None, workers: int, per_device: int = 1
     from attnlab.errors import ConfigError
 
     ids = [d for d in (devices or "").split(",") if d]
-    configs = [row.config.train for row in study.rows] or [study.base.train]
-    per_trial = max(device_count(t.devices, t.accelerator) or 1 for t in configs)
+    per_trial = max(device_count(t.devices, t.accelerator) or 1 for t in train_configs(study))
     if per_device > 1:
         groups: list[str | None] = [",".join(ids[i:i + per_trial]) for i in range(0, len(ids), per_trial)] or [None]
         if ids and len(ids) % per_trial:
@@ -125,7 +136,7 @@ def sharing_note(per_device: int) -> str:
     mps = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")).exists()
     how = ("through CUDA MPS" if mps else
            "by time-slicing (no CUDA MPS daemon runs; `nvidia-cuda-mps-control -d` starts one, which shares better)")
-    return (f"{per_device} workers per device, each limited to 1/{per_device} of its memory, sharing it {how}")
+    return f"{per_device} workers per device, each limited to 1/{per_device} of its memory, sharing it {how}"
 
 
 def _spawn_workers(args: argparse.Namespace, url: str, devices: list[str | None], per_device: int = 1) -> None:
@@ -157,7 +168,8 @@ def _spawn_workers(args: argparse.Namespace, url: str, devices: list[str | None]
 def cmd_worker(args: argparse.Namespace) -> int:
     from attnlab.sweep.worker import tune, work
 
-    study, url, _, _ = _open_for_work(args)
+    study, url = _checked_study(args)
+    _open_for_work(study, url)
     (tune if study.tuning else work)(study, url, args.name or worker_name(), threads=args.threads)
     return 0
 

@@ -344,19 +344,25 @@ def _main_is_attnlab() -> bool:
     return (spec is not None and spec.name == "attnlab.cli") or Path(sys.argv[0]).name == "attnlab"
 
 
-def limit_gpu_memory() -> float | None:
-    """This process's share of each visible GPU's memory, when workers share one (1/K): beyond it
-    torch raises OutOfMemoryError instead of starving the other workers. Returns the share."""
+def gpu_memory_share() -> float | None:
+    """This process's share of each GPU's memory when workers share one (1/K), else None."""
     text = os.environ.get(MEMORY_FRACTION_ENV)
     if not text:
         return None
     try:
         fraction = float(text)
     except ValueError:
-        raise ConfigError(f"${MEMORY_FRACTION_ENV}={text!r}: expected a fraction in (0, 1]") from None
+        fraction = -1.0
     if not 0 < fraction <= 1:
         raise ConfigError(f"${MEMORY_FRACTION_ENV}={text!r}: expected a fraction in (0, 1]")
-    if torch.cuda.is_available():
+    return fraction
+
+
+def limit_gpu_memory() -> float | None:
+    """Hold this process to its share of each visible GPU's memory: beyond it torch raises
+    OutOfMemoryError instead of starving the other workers. Returns the share."""
+    fraction = gpu_memory_share()
+    if fraction is not None and torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             torch.cuda.set_per_process_memory_fraction(fraction, index)
     return fraction

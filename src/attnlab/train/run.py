@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from attnlab import allocator
 from attnlab.analysis.attention import TABLE_COLUMNS, attention_statistics, head_importance, rows, summarise
 from attnlab.analysis.heatmaps import attention_heatmaps
-from attnlab.config import ExperimentConfig, TrainConfig
+from attnlab.config import ExperimentConfig
 from attnlab.data.datamodule import EncodedSplit, TranslationDataModule
 from attnlab.data.fetch import cache_dir
 from attnlab.data.tokenizer import Vocabulary
@@ -43,7 +43,18 @@ from attnlab.train.checkpoints import check_resumable, latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
 from attnlab.train.history import History
-from attnlab.train.launch import Launch, Plan, all_or_none, children_run, join, leave, limit_gpu_memory, resolve, share
+from attnlab.train.launch import (
+    Launch,
+    Plan,
+    all_or_none,
+    children_run,
+    gpu_memory_share,
+    join,
+    leave,
+    limit_gpu_memory,
+    resolve,
+    share,
+)
 from attnlab.train.module import TranslationModule
 from attnlab.train.ranks import Recount, SameRun
 from attnlab.train.rundir import CONFIG_FILE, move_aside, must_move_aside
@@ -73,12 +84,6 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl
         enable_model_summary=not config.logging.quiet, use_distributed_sampler=False,  # our sampler shards
         default_root_dir=str(run_dir), log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0, **val_interval,
     )
-
-
-def check_hardware(t: TrainConfig) -> Launch:
-    """accelerator, devices, strategy, num_nodes and precision as Lightning will take them, and
-    the launch they make with this process's environment (train/launch.py), before any compute."""
-    return resolve(t)
 
 
 def _validation_loss(model: Transformer, split: EncodedSplit, max_tokens: int) -> float:
@@ -155,7 +160,7 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     start = time.time()  # wall clock: the clock of spawned ranks too
     check_writable_folder(config.output_dir, "output_dir")
     check_writable_folder(cache_dir(config.data.cache_dir), "data.cache_dir")
-    launch = check_hardware(config.train)
+    launch = resolve(config.train)  # hardware and launch checked before any compute (train/launch.py)
     limit_gpu_memory()
     if launch.joins_early:
         join(launch, config.train.rendezvous_timeout)
@@ -229,7 +234,7 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
         ranks = same_run.read(run_dir)
         result["launch"] = {"kind": launch.kind, "world_size": launch.world_size, "num_nodes": launch.num_nodes,
                             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "ranks": ranks["ranks"],
-                            "gpu_memory_fraction": limit_gpu_memory()}
+                            "gpu_memory_fraction": gpu_memory_share()}
         if "weights_max_rank_difference" in ranks:
             result["weights_max_rank_difference"] = ranks["weights_max_rank_difference"]
         result["final_checkpoint"] = str(FinalCheckpoint(run_dir / "checkpoints").path(totals["train_steps"]))
