@@ -490,3 +490,13 @@ def test_a_trial_out_of_gpu_memory_fails_and_is_queued_again(tmp_path, monkeypat
     assert trial.state.name == "FAIL" and trial.user_attrs["fail_kind"] == "out_of_memory"
     assert "fewer workers per device" in trial.user_attrs["fail_reason"]
     assert enqueue_missing(ostudy, study, url) == 1  # not a settled failure: the next run tries again
+
+
+def test_a_field_added_since_a_study_ran_does_not_change_its_rows():
+    from attnlab.config import DecodeConfig, stored_definition
+
+    new = ExperimentConfig(train=TrainConfig(max_steps=1)).definition()
+    old = {k: v for k, v in new.items() if k != "decode.max_tokens"}  # stored before the field existed
+    assert stored_definition(old, new) == new
+    larger = ExperimentConfig(train=TrainConfig(max_steps=1), decode=DecodeConfig(max_tokens=20_000)).definition()
+    assert stored_definition(old, larger) != larger  # a non-default value of the new field is a change

@@ -226,13 +226,13 @@ def test_pruning_callback_stops_a_trial_worse_than_the_median():
     trainer = _FakeTrainer(0.9)
     PruneOnValidation(good, "val/loss").on_validation_end(trainer, None)
     assert not trainer.should_stop
-    PruneOnValidation(good, "val/loss").check_pruned()  # no exception
+    assert PruneOnValidation(good, "val/loss").ending() is None
     trainer = _FakeTrainer(5.0)
     callback = PruneOnValidation(bad, "val/loss")
     callback.on_validation_end(trainer, None)
     assert trainer.should_stop
-    with pytest.raises(optuna.TrialPruned, match="pruned at step 10"):
-        callback.check_pruned()
+    ending = callback.ending()
+    assert isinstance(ending, optuna.TrialPruned) and "pruned at step 10" in str(ending)
 
 
 def test_tuning_study_runs_its_trial_budget(tmp_path, mirror):
@@ -313,6 +313,59 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, mirror):
     assert enqueue_missing(open_study(study, url), study, url) == 1  # the interrupted row is queued again
     work(study, url)
     assert sorted(t.state.name for v in trials_by_key(path).values() for t in v) == ["COMPLETE", "FAIL"]
+
+
+def test_a_study_runs_in_slices_and_a_trial_cut_off_resumes_from_its_checkpoint(tmp_path, mirror, monkeypatch,
+                                                                                capsys):
+    from attnlab.cli import main
+    from attnlab.sweep.storage import claim
+    from attnlab.sweep.worker import run_trial
+    from attnlab.train.callbacks import STOP_AT_ENV
+
+    path = tiny_study(tmp_path, mirror, [], name="slices", max_steps=6, val_every_steps=None)
+    study = load_study(path)
+    url = storage_url(study)
+    ostudy = open_study(study, url)
+    assert enqueue_missing(ostudy, study, url) == 1
+    # The trial in progress when the slice's time runs out stops after its next step, checkpointed there.
+    monkeypatch.setenv(STOP_AT_ENV, str(time.time()))
+    run_trial(study, ostudy, claim(ostudy, url), "w")
+    [cut] = trials_by_key(path)[("base", 1)]
+    assert cut.state.name == "FAIL" and cut.user_attrs["fail_kind"] == "interrupted"
+    assert "--max-minutes" in cut.user_attrs["fail_reason"] and "after step 1" in cut.user_attrs["fail_reason"]
+    run_dir = tmp_path / "studies" / "slices" / "base-s1"
+    assert [p.name for p in (run_dir / "checkpoints").glob("*.ckpt")] == ["step0000001.ckpt"]
+    assert not (run_dir / "result.json").exists()
+    # A slice whose time is up starts no trial; the cut one is queued again, not settled.
+    assert enqueue_missing(ostudy, study, url) == 1
+    assert work(study, url) == 0
+    monkeypatch.delenv(STOP_AT_ENV)
+    # The next slice resumes it from that checkpoint and finishes it.
+    assert main(["sweep", "run", str(path), "--max-minutes", "10"]) == 0
+    states = [t.state.name for t in trials_by_key(path)[("base", 1)]]
+    assert sorted(states) == ["COMPLETE", "FAIL"]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_from"].endswith("step0000001.ckpt") and result["train_steps"] == 6
+    with pytest.raises(SystemExit) as exit_code:
+        main(["sweep", "run", str(path), "--max-minutes", "0"])
+    assert exit_code.value.code == 2 and "expected a positive number of minutes" in capsys.readouterr().err
+
+
+def test_a_worker_prepares_the_data_once_for_trials_that_share_it(tmp_path, mirror, monkeypatch):
+    from attnlab.data import datamodule
+
+    calls = []
+    prepare = datamodule._prepare
+    monkeypatch.setattr(datamodule, "_prepare", lambda config: calls.append(config.vocab_size) or prepare(config))
+    path = tiny_study(tmp_path, mirror, [{"id": "heads1", "model": {"n_heads": 1}},
+                                         {"id": "vocab", "data": {"vocab_size": 400}}], max_steps=2)
+    study = load_study(path)
+    url = storage_url(study)
+    enqueue_missing(open_study(study, url), study, url)
+    assert work(study, url) == 3
+    # Three trials, each asked three times (checks, prepare_data, setup): encoded once per data setting.
+    assert sorted(calls) == [400, 500]
+    assert datamodule._last is None  # outside the worker nothing is kept
 
 
 def test_the_shipped_smoke_study_end_to_end(tmp_path, mirror):

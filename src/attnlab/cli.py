@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import yaml
 
 from attnlab.config import CONFIG_SHAPE, ConfigError, ExperimentConfig
-from attnlab.errors import AttnlabError
+from attnlab.errors import AttnlabError, StopTimeReached
 from attnlab.fields import from_dict, parse_overrides, problems_of, read_yaml, set_path
 from attnlab.paths import check_output_file
 
@@ -324,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AttnlabError as error:
         print(f"attnlab: error: {error}", file=sys.stderr)
         return 2
+    except StopTimeReached as error:  # not an error: the run waits, checkpointed, for its next slice
+        print(f"attnlab: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ everything below reads typed, validated fields. Derive a variant with `dataclass
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from dataclasses import dataclass
@@ -125,9 +126,14 @@ class DecodeConfig:
     max_len_a: float = 1.0
     """Maximum output length = max_len_a * source length + max_len_b."""
     max_len_b: int = 50
+    max_tokens: int | None = None
+    """Source tokens per search batch, the beam's copies included; None: data.max_tokens. A GPU
+    decodes the final evaluation fastest in batches much larger than training's."""
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"DecodeConfig.max_tokens={self.max_tokens} must be a positive integer, or null")
         if self.beam_size < 1:
             raise ConfigError(f"DecodeConfig.beam_size={self.beam_size} must be >= 1")
         if self.length_penalty < 0:
@@ -363,6 +369,19 @@ def without_placement(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig,
             "logging": LoggingConfig}
+
+
+def stored_definition(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """A definition stored by an earlier attnlab, read as this one writes them: placement as
+    BATCHES_PER_STEP, and each field added since at its default (which keeps the old meaning),
+    so that a new field alone never makes an old study's rows read as changed."""
+    out = without_placement(stored)
+    for key in current.keys() - out.keys():
+        section, _, name = key.partition(".")
+        known = {f.name: f for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else {}
+        if name in known and known[name].default is not dataclasses.MISSING:
+            out[key] = json.loads(json.dumps(known[name].default))
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Every error a user can cause: one base, so the CLI has one boundary.
 
 `attnlab.cli.main` prints an AttnlabError as `attnlab: error: <message>` and exits 2; any
-other exception is a bug in attnlab and keeps its traceback (exit 1). Raise the subclass that
+other exception is a bug in attnlab and keeps its traceback (exit 1); StopTimeReached, a run
+that stopped at its stop time to go on later, exits 3. Raise the subclass that
 names where the fault is, with a message that says what is wrong and what would be valid.
 """
 
@@ -42,3 +43,8 @@ class CheckpointError(AttnlabError):
 
 class LaunchError(AttnlabError):
     """A multi-process launch whose ranks cannot come together (world size, nodes, master address)."""
+
+
+class StopTimeReached(Exception):
+    """A run stopped at its stop time ($ATTNLAB_STOP_AT): checkpointed, not evaluated; running it
+    again resumes it. Not a fault: exit code 3."""

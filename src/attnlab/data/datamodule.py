@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from attnlab.config import DataConfig
 from attnlab.data.batching import Buckets, TokenBatchSampler
 from attnlab.data.corpora import Parallel, load_split
-from attnlab.data.fetch import cache_dir
+from attnlab.data.fetch import CACHE_ENV, MIRROR_ENV, cache_dir
 from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary, train_vocabulary
 from attnlab.errors import CheckpointError, DataError
 
@@ -90,9 +95,46 @@ class Prepared:
         return out
 
 
+# Inside reuse_prepared(): the settings and splits of the last `prepare`, else None.
+_last: list[tuple[str, Prepared]] | None = None
+
+
+@contextlib.contextmanager
+def reuse_prepared() -> Iterator[None]:
+    """Within it, `prepare` with the same data settings returns the splits it built before
+    instead of reading and encoding them again: one run asks three times (its checks,
+    Lightning's prepare_data and setup), a sweep worker once per trial of the same data. Only
+    the last settings' splits are kept, so memory stays that of one run's data."""
+    global _last
+    if _last is not None:  # nested: the outer one keeps them
+        yield
+        return
+    _last = []
+    try:
+        yield
+    finally:
+        _last = None
+
+
+def _settings(config: DataConfig) -> str:
+    """What `prepare` reads: the data settings but the batching ones, and where files come from."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("max_tokens", "length_buckets")}
+    where = {k: os.environ.get(k) for k in (CACHE_ENV, MIRROR_ENV)}
+    return json.dumps([fields, where], sort_keys=True, default=str)
+
+
 def prepare(config: DataConfig) -> Prepared:
     """Fetch and check every split, train (or reuse) the joint vocabulary, encode. Every input
     error surfaces here, before any training."""
+    if _last is None:
+        return _prepare(config)
+    key = _settings(config)
+    if not _last or _last[0][0] != key:
+        _last[:] = [(key, _prepare(config))]
+    return _last[0][1]
+
+
+def _prepare(config: DataConfig) -> Prepared:
     train = load_split(config, config.train_split, train=True)  # a DataError if nothing is left
     valid = load_split(config, config.valid_split)
     tests = {name: load_split(config, name) for name in config.test_splits}

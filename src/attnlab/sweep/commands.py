@@ -49,10 +49,23 @@ def check_hardware(study) -> None:
 
 def _checked_study(args: argparse.Namespace):
     """The study and its URL for verbs that run trials: the file, the output folder and the
-    hardware checked, nothing opened or written yet."""
+    hardware checked, nothing opened or written yet. Starts the clock of --max-minutes."""
     study, url = _study_and_url(args)
     check_hardware(study)
+    set_stop_time(args.max_minutes)
     return study, url
+
+
+def set_stop_time(minutes: float | None) -> None:
+    """--max-minutes as the stop time every worker and rank reads ($ATTNLAB_STOP_AT): the
+    earlier of it and one already set (a job's own limit)."""
+    import time
+
+    from attnlab.train.callbacks import STOP_AT_ENV, stop_time
+
+    if minutes is not None:
+        earlier = min(t for t in (stop_time(), time.time() + 60 * minutes) if t is not None)
+        os.environ[STOP_AT_ENV] = repr(earlier)
 
 
 def _open_for_work(study, url: str, rerun_changed: bool = False):
@@ -258,6 +271,23 @@ def device_list(text: str) -> str:
     return ",".join(ids)
 
 
+def positive_minutes(text: str) -> float:
+    """argparse type for --max-minutes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of minutes, e.g. 30")
+    return value
+
+
+def slices(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-minutes", type=positive_minutes, metavar="M",
+                        help="run the study in slices: after M minutes no trial starts, and each one in progress "
+                             "stops at a checkpoint; the next `sweep run` resumes it (tuning trials run to the end)")
+
+
 def add_parser(verbs: argparse._SubParsersAction) -> None:
     from attnlab.cli import positive_int
 
@@ -280,6 +310,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--workers-per-device", type=positive_int, default=1, metavar="K",
                      help="start K workers on each device of --devices (small trials), each with 1/K of its memory")
     run.add_argument("--threads", type=positive_int, help="torch threads per worker (default: cores / workers)")
+    slices(run)
     run.add_argument("--retry-failed", action="store_true", help="also rerun trials that diverged or failed")
     run.add_argument("--rerun-changed", action="store_true",
                      help="rows edited since their trials ran run again; their old trials are kept as superseded")
@@ -288,6 +319,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     common(worker)
     worker.add_argument("--name", help="shown in `sweep status` (default: <host>-<pid>)")
     worker.add_argument("--threads", type=positive_int)
+    slices(worker)
     worker.set_defaults(run=cmd_worker)
     for name, fn, text in [("status", cmd_status, "state of every trial"), ("best", cmd_best, "the best trial")]:
         p = sub.add_parser(name, help=text, formatter_class=fmt)

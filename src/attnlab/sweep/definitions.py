@@ -13,7 +13,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from attnlab.config import without_placement
+from attnlab.config import stored_definition
 from attnlab.errors import StudyError
 from attnlab.fields import describe_changes
 from attnlab.sweep.spec import Study
@@ -40,9 +40,13 @@ def changed_rows(ostudy: optuna.Study, study: Study) -> dict[str, str]:
     stored = ostudy.user_attrs.get(DEFINITIONS_ATTR, {})
     gone = superseded(ostudy)
     ran = {_row_of(t, study) for t in ostudy.get_trials(deepcopy=False, states=RAN) if t._trial_id not in gone}
-    old = {row_id: without_placement(definition) for row_id, definition in stored.items()}
-    return {row_id: describe_changes(old[row_id], new) for row_id, new in study.definitions.items()
-            if row_id in old and row_id in ran and old[row_id] != new}
+    changes = {}
+    for row_id, new in study.definitions.items():
+        if row_id in stored and row_id in ran:
+            old = stored_definition(stored[row_id], new)
+            if old != new:
+                changes[row_id] = describe_changes(old, new)
+    return changes
 
 
 def check(ostudy: optuna.Study, study: Study, rerun_changed: bool = False) -> list[str]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import optuna
 
+from attnlab.train.callbacks import EndsRun
+
 PRUNED_AT = "pruned_at_step"
 MONITORS = {"bleu": "val/bleu", "chrf": "val/chrf", "val_loss": "val/loss", "val_ppl": "val/ppl"}
 
 
-class PruneOnValidation(pl.Callback):
+class PruneOnValidation(EndsRun):
     def __init__(self, trial: optuna.Trial, monitor: str) -> None:
         self.trial, self.monitor = trial, monitor
 
@@ -29,8 +31,9 @@ class PruneOnValidation(pl.Callback):
                 self.trial.storage.set_trial_system_attr(self.trial._trial_id, PRUNED_AT, trainer.global_step)
                 trainer.should_stop = True
 
-    def check_pruned(self) -> None:
-        """Raise TrialPruned after fit when any validation decided to prune."""
+    def ending(self) -> optuna.TrialPruned | None:
+        """TrialPruned when any validation decided to prune."""
         step = self.trial.storage.get_trial_system_attrs(self.trial._trial_id).get(PRUNED_AT)
         if step is not None:
-            raise optuna.TrialPruned(f"pruned at step {step}: {self.monitor} below the pruner's bar")
+            return optuna.TrialPruned(f"pruned at step {step}: {self.monitor} below the pruner's bar")
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -24,6 +25,7 @@ RESULT_ATTRS = ("bleu", "chrf", "sacrebleu_signature", "val_loss", "val_ppl", "p
 
 def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: str, threads: int | None = None) -> None:
     """Train one claimed trial; the trial ends COMPLETE with its metric, or FAIL with a reason."""
+    from attnlab.errors import StopTimeReached
     from attnlab.train.run import train
 
     # The (row, seed) it was queued with, read as stored rather than suggested: a categorical
@@ -47,6 +49,9 @@ def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: s
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1)
             _fail(ostudy, trial, "interrupted", "stopped by Ctrl-C; `attnlab sweep run` again resumes it")
             raise
+        except StopTimeReached as error:  # not settled: the next `sweep run` queues it, and it resumes
+            _fail(ostudy, trial, "interrupted", f"the sweep's time ran out (--max-minutes): {error}")
+            return
         except FloatingPointError as error:
             _fail(ostudy, trial, "diverged", str(error))
             return
@@ -84,19 +89,27 @@ def _fail(ostudy: optuna.Study, trial: optuna.Trial, kind: str, reason: str) -> 
 def work(study: Study, url: str, worker: str = "worker-0", wait_for_others: bool = True,
          threads: int | None = None) -> int:
     """Run queued trials until none is left (and, by default, none is running elsewhere: a
-    running trial may yet go stale and come back). Returns how many trials this worker ran."""
+    running trial may yet go stale and come back), or until the stop time ($ATTNLAB_STOP_AT,
+    `--max-minutes`), which also stops the trial in progress at a checkpoint. The data of the
+    last trial stays prepared for the next. Returns how many trials this worker ran."""
+    from attnlab.data.datamodule import reuse_prepared
+    from attnlab.train.callbacks import stop_time
+
     ostudy = open_study(study, url)
-    done = 0
+    done, stop_at = 0, stop_time()
     print(f"[{worker}] study {study.name!r} on {redact(url)}", flush=True)
-    while True:
-        trial = claim(ostudy, url)
-        if trial is None:
-            if wait_for_others and others_running(ostudy):
-                time.sleep(max(1, heartbeat_interval() // 2))
-                continue
-            return done
-        run_trial(study, ostudy, trial, worker, threads)
-        done += 1
+    with reuse_prepared():
+        while stop_at is None or time.time() < stop_at:
+            trial = claim(ostudy, url)
+            if trial is None:
+                if wait_for_others and others_running(ostudy):
+                    time.sleep(max(1, heartbeat_interval() // 2))
+                    continue
+                return done
+            run_trial(study, ostudy, trial, worker, threads)
+            done += 1
+    print(f"[{worker}] the sweep's time is up: no further trial started", flush=True)
+    return done
 
 
 def suggest(trial: optuna.Trial, key: str, spec: dict[str, Any]) -> Any:
@@ -112,7 +125,9 @@ def tune(study: Study, url: str, worker: str = "worker-0", threads: int | None =
     """Sample, train and (maybe) prune trials until the study holds n_trials of them, counted
     over every worker (MaxTrialsCallback). Heartbeats and stale-trial reruns come from the
     RDB storage inside `optimize`."""
+    from attnlab.data.datamodule import reuse_prepared
     from attnlab.sweep.pruning import MONITORS, PruneOnValidation
+    from attnlab.train.callbacks import stop_time
     from attnlab.train.run import train
 
     ostudy = open_study(study, url)
@@ -141,12 +156,29 @@ def tune(study: Study, url: str, worker: str = "worker-0", threads: int | None =
     # after a trial ends; the remaining count stops one that starts with the budget spent. Workers
     # starting trials at the same moment can still overshoot by at most one trial each.
     # Queued (WAITING) trials, e.g. enqueued by hand, are run within the budget, not on top of it.
+    # A stop time ends the worker after the trial in progress (a tuning trial is not resumed).
     counted = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     remaining = study.n_trials - len(ostudy.get_trials(deepcopy=False, states=counted))
-    if remaining > 0:
+    stop_at = stop_time()
+    if remaining > 0 and (stop_at is None or stop_at > time.time()):
         budget = optuna.study.MaxTrialsCallback(study.n_trials, states=counted)
-        ostudy.optimize(objective, n_trials=remaining, callbacks=[budget], catch=(Exception,))
+        timeout = stop_at - time.time() if stop_at is not None else None
+        with reuse_prepared(), ending_trials_in_full():
+            ostudy.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[budget], catch=(Exception,))
     return sum(1 for t in ostudy.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker)
+
+
+@contextlib.contextmanager
+def ending_trials_in_full():
+    """Tuning trials are not resumed, so a stop time only keeps new ones from starting."""
+    from attnlab.train.callbacks import STOP_AT_ENV
+
+    saved = os.environ.pop(STOP_AT_ENV, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[STOP_AT_ENV] = saved
 
 
 def summary(ostudy: optuna.Study) -> dict[str, Any]:

@@ -5,11 +5,16 @@ and the real target tokens trained, logs tokens/s every `log_every_steps`, stops
 `max_train_minutes` is spent, keeps both counts in checkpoints (a resumed run goes on counting)
 and writes the run's totals to the stats file at the end. Tokens are summed on the device and
 read only at log steps: nothing here waits for the GPU inside a step.
+
+A stop time ($ATTNLAB_STOP_AT, seconds since the epoch: a sweep's slice, a job's time limit)
+ends training at the first step after it, with that step checkpointed (FinalCheckpoint) and
+no final evaluation: `train()` raises StopTimeReached, and running the run again resumes it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,20 @@ import lightning.pytorch as pl
 import torch
 
 STATS_FILE = "train_stats.json"  # in the run folder: steps, epochs, tokens, seconds, world size
+STOP_AT_ENV = "ATTNLAB_STOP_AT"  # inherited by every rank a launcher starts
+
+
+class EndsRun(pl.Callback):
+    """A callback that may end a run after fit without its final evaluation (a pruned trial,
+    say): `ending()` is the exception `train()` raises on rank 0 then, or None."""
+
+    def ending(self) -> Exception | None:
+        return None
+
+
+def stop_time() -> float | None:
+    value = os.environ.get(STOP_AT_ENV)
+    return float(value) if value else None
 
 
 def step_ended(trainer: pl.Trainer, batch_idx: int) -> bool:
@@ -27,9 +46,11 @@ def step_ended(trainer: pl.Trainer, batch_idx: int) -> bool:
 
 
 class TrainClock(pl.Callback):
-    def __init__(self, stats_path: str | Path, pad_id: int, log_every: int, budget_minutes: float | None) -> None:
+    def __init__(self, stats_path: str | Path, pad_id: int, log_every: int, budget_minutes: float | None,
+                 stop_at: float | None = None) -> None:
         self.stats_path, self.pad_id = Path(stats_path), pad_id
-        self.every, self.budget = max(1, log_every), budget_minutes
+        self.every, self.budget, self.stop_at = max(1, log_every), budget_minutes, stop_at
+        self.stopped_at_stop_time = False
         self.seconds = 0.0  # training time before the current window
         self.tokens = 0  # tokens of every rank before the current window
         self._window_tokens: torch.Tensor | None = None  # on the device, since the last log step
@@ -59,10 +80,13 @@ class TrainClock(pl.Callback):
         step, world = trainer.global_step, trainer.world_size
         if step % self.every == 0:
             self._close_window(trainer, pl_module)
-        if self.budget is not None and (world == 1 or step % self.every == 0):
-            stop = self.elapsed >= 60 * self.budget
+        if (self.budget is not None or self.stop_at is not None) and (world == 1 or step % self.every == 0):
+            spent = self.budget is not None and self.elapsed >= 60 * self.budget
+            late = self.stop_at is not None and time.time() >= self.stop_at
             # Each rank has its own clock: rank 0 decides, or the ranks would stop on different steps.
-            trainer.should_stop = bool(trainer.strategy.broadcast(stop)) if world > 1 else stop
+            spent, late = trainer.strategy.broadcast((spent, late)) if world > 1 else (spent, late)
+            self.stopped_at_stop_time = late and not spent
+            trainer.should_stop = spent or late
 
     def _close_window(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tokens, seconds = self._drain(trainer)

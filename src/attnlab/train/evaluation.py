@@ -120,7 +120,8 @@ def search(model: Transformer, src: torch.Tensor, decode: DecodeConfig) -> list[
 def translate(model: Transformer, split: EncodedSplit, vocab: Vocabulary, decode: DecodeConfig,
               max_tokens: int = 4096, indices: list[int] | None = None) -> list[str]:
     """Hypotheses for every sentence of `split` (or `indices`), in their original order. A
-    source longer than a learned position table is a DataError before any decoding."""
+    source longer than a learned position table is a DataError before any decoding. Batches
+    hold `decode.max_tokens` (else `max_tokens`) source tokens, the beam's copies included."""
     wanted = list(range(len(split))) if indices is None else list(indices)
     if not wanted:
         return []
@@ -129,7 +130,7 @@ def translate(model: Transformer, split: EncodedSplit, vocab: Vocabulary, decode
     model.eval()
     device = next(model.parameters()).device
     # Beam search holds beam_size rows per sentence: shrink the batch to keep memory flat.
-    budget = max(max_tokens // decode.beam_size, max(split.src_lengths[i] for i in wanted))
+    budget = max((decode.max_tokens or max_tokens) // decode.beam_size, max(split.src_lengths[i] for i in wanted))
     sampler = TokenBatchSampler([split.src_lengths[i] for i in wanted], [split.src_lengths[i] for i in wanted],
                                 budget, shuffle=False)
     out: dict[int, str] = {}

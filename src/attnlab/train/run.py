@@ -32,13 +32,20 @@ from attnlab import allocator
 from attnlab.analysis.attention import TABLE_COLUMNS, attention_statistics, head_importance, rows, summarise
 from attnlab.analysis.heatmaps import attention_heatmaps
 from attnlab.config import ExperimentConfig
-from attnlab.data.datamodule import EncodedSplit, TranslationDataModule
+from attnlab.data.datamodule import EncodedSplit, TranslationDataModule, reuse_prepared
 from attnlab.data.fetch import cache_dir
 from attnlab.data.tokenizer import Vocabulary
-from attnlab.errors import AttnlabError, LaunchError
+from attnlab.errors import AttnlabError, LaunchError, StopTimeReached
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.paths import check_writable_folder
-from attnlab.train.callbacks import STATS_FILE, FinalCheckpoint, TrainClock
+from attnlab.train.callbacks import (
+    STATS_FILE,
+    STOP_AT_ENV,
+    EndsRun,
+    FinalCheckpoint,
+    TrainClock,
+    stop_time,
+)
 from attnlab.train.checkpoints import check_resumable, latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
@@ -63,7 +70,8 @@ from attnlab.train.tracking import finish, make_logger
 HEATMAP_SENTENCES = 3
 
 
-def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl.Callback], pad_id: int) -> pl.Trainer:
+def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl.Callback],
+             clock: TrainClock) -> pl.Trainer:
     t = config.train
     val_interval = {"val_check_interval": t.val_every_steps * t.accumulate_grad_batches,
                     "check_val_every_n_epoch": None} if t.val_every_steps else {}
@@ -71,7 +79,6 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl
         dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
         monitor="global_step", mode="max", save_top_k=t.keep_checkpoints,
         every_n_train_steps=t.checkpoint_every_steps)
-    clock = TrainClock(run_dir / STATS_FILE, pad_id, t.log_every_steps, t.max_train_minutes)
     final = FinalCheckpoint(run_dir / "checkpoints")
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
@@ -165,7 +172,8 @@ def train(config: ExperimentConfig, resume: bool = True, extra: dict[str, Any] |
     if launch.joins_early:
         join(launch, config.train.rendezvous_timeout)
     try:
-        return _train(config, launch, resume, extra, callbacks or [], replace_changed, start)
+        with reuse_prepared():  # read and encoded once, however often Lightning asks
+            return _train(config, launch, resume, extra, callbacks or [], replace_changed, start)
     finally:
         if launch.world_size > 1:
             leave()
@@ -214,18 +222,20 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
     logger = make_logger(config, run_dir, {"params": params, "vocab_size": len(vocab), **(extra or {})}) \
         if launch.is_rank_zero else None
     same_run = SameRun(config.definition(), vocab.path, run_dir, config.train.log_every_steps)
-    trainer = _trainer(config, run_dir, logger, [*callbacks, same_run, Recount()], vocab.pad_id)
+    clock = TrainClock(run_dir / STATS_FILE, vocab.pad_id, config.train.log_every_steps,
+                       config.train.max_train_minutes, stop_time())
+    trainer = _trainer(config, run_dir, logger, [*callbacks, same_run, Recount()], clock)
     failed, sync_command = True, None
     try:
         with children_run(launch, run_dir / CONFIG_FILE, plan, trainer, config.train.threads):
             trainer.fit(module, datamodule=data, ckpt_path=plan.resume_from)
-        pruned = _pruned(callbacks)
+        ended = _ending(callbacks, clock, trainer.global_step)
         if not launch.is_rank_zero:
             failed = False
             return {}
-        if pruned is not None:  # a pruned trial skips the final evaluation: an ending, not a failure
+        if ended is not None:  # a pruned trial, a stop time: no final evaluation; an ending, not a failure
             failed = False
-            raise pruned
+            raise ended
         totals = json.loads((run_dir / STATS_FILE).read_text())  # from rank 0, spawned or not
         result = _final(config, model, vocab, data, run_dir, params, logger, totals)
         result["wall_s"] = round(time.time() - start, 1)
@@ -283,15 +293,12 @@ def _set_up_folder(config: ExperimentConfig, run_dir: Path, plan: Plan) -> None:
         (run_dir / HISTORY_FILE).unlink(missing_ok=True)
 
 
-def _pruned(callbacks: list[pl.Callback]) -> Exception | None:
-    """The TrialPruned a pruning callback raises after fit (rank 0), or None."""
-    for callback in callbacks:
-        if hasattr(callback, "check_pruned"):
-            try:
-                callback.check_pruned()
-            except Exception as error:  # noqa: BLE001 - optuna.TrialPruned, re-raised by the caller
-                return error
-    return None
+def _ending(callbacks: list[pl.Callback], clock: TrainClock, step: int) -> Exception | None:
+    """Why the run ends after fit without its final evaluation (rank 0), or None."""
+    if clock.stopped_at_stop_time:
+        return StopTimeReached(f"stopped at its stop time (${STOP_AT_ENV}) after step {step}, checkpointed there; "
+                               "running it again resumes it")
+    return next((e for c in callbacks if isinstance(c, EndsRun) and (e := c.ending()) is not None), None)
 
 
 def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,
