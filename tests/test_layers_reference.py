@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from attnlab.model.layers import DecoderLayer, EncoderLayer
-from attnlab.model.positional import NoPosition
 from attnlab.model.transformer import causal_mask
 from conftest import tiny_config
 
@@ -45,7 +44,7 @@ def test_encoder_layer_matches_torch(placement, activation):
     ref = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation=activation, batch_first=True,
                                      norm_first=placement == "pre")
     randomise_norms(ref)
-    ours = EncoderLayer(config, NoPosition())
+    ours = EncoderLayer(config)
     copy_attention(ours.self_attn.sublayer, ref.self_attn)
     copy_feed_forward(ours.feed_forward.sublayer, ref)
     ours.self_attn.norm.load_state_dict(ref.norm1.state_dict())
@@ -62,7 +61,7 @@ def test_decoder_layer_matches_torch(placement):
     config = tiny_config(norm_placement=placement)
     ref = nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, batch_first=True, norm_first=placement == "pre")
     randomise_norms(ref)
-    ours = DecoderLayer(config, NoPosition())
+    ours = DecoderLayer(config)
     copy_attention(ours.self_attn.sublayer, ref.self_attn)
     copy_attention(ours.cross_attn.sublayer, ref.multihead_attn)
     copy_feed_forward(ours.feed_forward.sublayer, ref)

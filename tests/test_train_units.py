@@ -18,6 +18,9 @@ def test_noam_schedule_is_the_paper_formula():
     assert noam_lr(4000, d, warmup) == pytest.approx(max(noam_lr(s, d, warmup) for s in range(1, 20_000, 7)), rel=1e-3)
     scale = scale_for_peak(1.5e-3, 256, 400)
     assert noam_lr(400, 256, 400, scale) == pytest.approx(1.5e-3)
+    # Without the ramp: the peak from step 1 to the end of warm-up, then the same decay.
+    assert [noam_lr(s, 256, 400, scale, ramp=False) for s in (1, 200, 400)] == pytest.approx([1.5e-3] * 3)
+    assert noam_lr(1600, 256, 400, scale, ramp=False) == pytest.approx(noam_lr(1600, 256, 400, scale))
 
 
 def test_scheduler_sets_the_rate_of_every_update():

@@ -15,10 +15,23 @@ def batch(b=3, s=7, t=6):
 
 
 def tiny_model(**overrides):
-    return build_model(tiny_config(**overrides), VOCAB, pad_id=PAD).eval()
+    model = build_model(tiny_config(**overrides), VOCAB, pad_id=PAD)
+    if overrides.get("norm") == "batchnorm":  # running statistics of a few batches, not the initial 0 and 1
+        with torch.no_grad():
+            for _ in range(3):
+                model(*batch())
+    return model.eval()
 
 
-ALL_VARIANTS = [(p, n) for p in POSITIONALS for n in PLACEMENTS]
+# Every component variant passes the invariance tests: causality, padding, cached decoding.
+ALL_VARIANTS = [dict(positional=p, norm_placement=n) for p in POSITIONALS for n in PLACEMENTS] + [
+    dict(norm="batchnorm"), dict(norm="batchnorm", norm_placement="pre"),
+    dict(attention_scale="none"), dict(attention_scale="dk"),
+    dict(n_kv_heads=1), dict(n_kv_heads=2, positional="rope"), dict(n_kv_heads=1, positional="alibi"),
+    dict(feed_forward="gated"), dict(feed_forward="gated", activation="silu", norm_placement="pre"),
+    dict(mask_future_in_training=False),  # causal at inference, which is what these tests run
+]
+VARIANT_IDS = ["-".join(f"{v}" for v in variant.values()) for variant in ALL_VARIANTS]
 
 
 def test_output_shape_and_pad_id():
@@ -28,9 +41,9 @@ def test_output_shape_and_pad_id():
     assert model.pad_id == PAD
 
 
-@pytest.mark.parametrize("positional, placement", ALL_VARIANTS)
-def test_future_target_tokens_never_change_earlier_logits(positional, placement):
-    model = tiny_model(positional=positional, norm_placement=placement)
+@pytest.mark.parametrize("variant", ALL_VARIANTS, ids=VARIANT_IDS)
+def test_future_target_tokens_never_change_earlier_logits(variant):
+    model = tiny_model(**variant)
     src, tgt = batch()
     logits = model(src, tgt)
     for t in range(tgt.size(1) - 1):
@@ -41,9 +54,9 @@ def test_future_target_tokens_never_change_earlier_logits(positional, placement)
         assert not torch.allclose(other[:, t + 1 :], logits[:, t + 1 :], atol=1e-5)
 
 
-@pytest.mark.parametrize("positional, placement", ALL_VARIANTS)
-def test_appended_padding_does_not_change_real_logits(positional, placement):
-    model = tiny_model(positional=positional, norm_placement=placement)
+@pytest.mark.parametrize("variant", ALL_VARIANTS, ids=VARIANT_IDS)
+def test_appended_padding_does_not_change_real_logits(variant):
+    model = tiny_model(**variant)
     src, tgt = batch()
     src[1, 4:] = PAD  # sentence 1 is shorter already
     logits = model(src, tgt)
@@ -51,9 +64,9 @@ def test_appended_padding_does_not_change_real_logits(positional, placement):
     assert torch.allclose(padded[:, : tgt.size(1)], logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("positional, placement", ALL_VARIANTS)
-def test_cached_step_decoding_equals_full_forward(positional, placement):
-    model = tiny_model(positional=positional, norm_placement=placement)
+@pytest.mark.parametrize("variant", ALL_VARIANTS, ids=VARIANT_IDS)
+def test_cached_step_decoding_equals_full_forward(variant):
+    model = tiny_model(**variant)
     src, tgt = batch()
     src[0, 5:] = PAD
     full = model(src, tgt)

@@ -17,9 +17,13 @@ from attnlab.fields import check_types, flatten, from_dict, to_dict
 
 Positional = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
 NormPlacement = Literal["post", "pre"]
-Norm = Literal["layernorm", "rmsnorm", "scalenorm"]
+Norm = Literal["layernorm", "rmsnorm", "scalenorm", "batchnorm"]
 TieEmbeddings = Literal["all", "decoder", "none"]
-Activation = Literal["relu", "gelu"]
+Activation = Literal["relu", "gelu", "silu"]
+AttentionKind = Literal["multi_head"]
+AttentionScale = Literal["sqrt_dk", "none", "dk"]
+FeedForwardKind = Literal["standard", "gated"]
+Warmup = Literal["linear", "none"]
 
 
 
@@ -59,7 +63,9 @@ class ModelConfig:
     norm_placement: NormPlacement = "post"
     """post: x = Norm(x + Sublayer(x)) as in the paper; pre: x = x + Sublayer(Norm(x))."""
     norm: Norm = "layernorm"
-    """Normalisation used around every sub-layer."""
+    """Normalisation used around every sub-layer; batchnorm normalises each feature over the
+    batch's real tokens (padding never enters its statistics), with running statistics at
+    evaluation."""
     norm_eps: float = 1e-5
     """Epsilon of the normalisation layers."""
     tie_embeddings: TieEmbeddings = "all"
@@ -68,14 +74,27 @@ class ModelConfig:
     scale_embeddings: bool = True
     """Multiply embeddings by sqrt(d_model) before adding positions."""
     activation: Activation = "relu"
-    """Non-linearity of the feed-forward network."""
+    """Non-linearity of the feed-forward network (of its gate, for feed_forward="gated")."""
+    attention: AttentionKind = "multi_head"
+    """The attention layer: scaled dot-product attention over h heads."""
+    attention_scale: AttentionScale = "sqrt_dk"
+    """What the scores QK^T are multiplied by: 1/sqrt(d_k) (the paper), none (1), or 1/d_k."""
+    n_kv_heads: int | None = None
+    """Key/value heads, each shared by n_heads / n_kv_heads query heads (grouped-query
+    attention; 1 is multi-query); None: n_heads, the paper's attention."""
+    feed_forward: FeedForwardKind = "standard"
+    """standard: W_2 act(W_1 x); gated: W_2 (act(W_1 x) * V x), a GLU whose inner width (2/3 of
+    d_ff) keeps the parameter count of the standard one."""
+    mask_future_in_training: bool = True
+    """False: the decoder's self-attention sees future target tokens while training (teacher
+    forcing lets it copy them), never at inference. A teaching row, not an option to use."""
 
     def __post_init__(self) -> None:
         check_types(self)
         for name in ("n_layers", "d_model", "d_ff", "n_heads", "max_positions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ModelConfig.{name}={getattr(self, name)} must be a positive integer")
-        for name in ("n_encoder_layers", "n_decoder_layers", "d_k", "d_v"):
+        for name in ("n_encoder_layers", "n_decoder_layers", "d_k", "d_v", "n_kv_heads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"ModelConfig.{name}={value} must be a positive integer or None")
@@ -87,6 +106,9 @@ class ModelConfig:
                 f"ModelConfig: n_heads={self.n_heads} does not divide d_model={self.d_model}; "
                 "choose a divisor or set d_k and d_v explicitly"
             )
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"ModelConfig: n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} "
+                              "(each key/value head serves the same number of query heads)")
         if self.positional == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"ModelConfig: positional='sinusoidal' needs an even d_model, got {self.d_model}")
         if self.positional == "rope" and self.key_dim % 2:
@@ -101,6 +123,11 @@ class ModelConfig:
     def value_dim(self) -> int:
         """d_v as used: the explicit value or d_model / n_heads."""
         return self.d_v if self.d_v is not None else self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads as used: n_kv_heads or n_heads."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
 
     @property
     def encoder_layers(self) -> int:
@@ -254,6 +281,10 @@ class TrainConfig:
     peak_lr: float | None = None
     """Alternative to lr_scale: the learning rate reached at the end of warmup."""
     warmup_steps: int = 4000
+    warmup: Warmup = "linear"
+    """linear: the paper's ramp to the peak over warmup_steps; none: the peak from the first
+    step until warmup_steps, then the same decay, so only the ramp is missing (the warm-up
+    ablation; warmup_steps: 1 instead would also decay from step 1)."""
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-9
     weight_decay: float = 0.0

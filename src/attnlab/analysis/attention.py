@@ -4,6 +4,11 @@
   confidence  max_j p_ij, averaged over real queries (Voita et al. 2019)
   distance    sum_j p_ij |i - j|, averaged over real queries (for cross-attention, i and j are
               positions in different sentences: a measure of how far off the diagonal it looks)
+  score_std   standard deviation of the pre-softmax scores over the keys a query may attend,
+              averaged over real queries: large scores saturate the softmax (the reason for
+              dividing by sqrt(d_k), section 3.2.1)
+  saturation  share of real queries whose largest weight exceeds SATURATED (a near one-hot row,
+              whose softmax gradient nearly vanishes)
   importance  validation loss with the head masked out minus the loss with every head
               (Michel et al. 2019, masking one head at a time)
 """
@@ -16,14 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.analysis import STATS
 from attnlab.model.transformer import ATTENTION_KINDS, Transformer
 
-STATS = ("entropy", "confidence", "distance")
+SATURATED = 0.9
 
 
-def head_statistics(weights: Tensor, query_mask: Tensor) -> dict[str, Tensor]:
-    """weights: (B, h, T_q, T_k) rows summing to 1; query_mask: (B, T_q) True for real queries.
-    Returns entropy, confidence and distance per head, each (h,)."""
+def head_statistics(weights: Tensor, query_mask: Tensor, scores: Tensor | None = None) -> dict[str, Tensor]:
+    """weights: (B, h, T_q, T_k) rows summing to 1; query_mask: (B, T_q) True for real queries;
+    scores: the pre-softmax scores (-inf where masked), for score_std (NaN without them).
+    Returns every statistic of STATS per head, each (h,)."""
     t_q, t_k = weights.shape[-2:]
     q_pos = torch.arange(t_q, device=weights.device, dtype=weights.dtype)
     k_pos = torch.arange(t_k, device=weights.device, dtype=weights.dtype)
@@ -32,10 +39,21 @@ def head_statistics(weights: Tensor, query_mask: Tensor) -> dict[str, Tensor]:
         "entropy": -(weights * weights.clamp_min(1e-12).log()).sum(-1),  # (B, h, T_q)
         "confidence": weights.max(-1).values,
         "distance": (weights * distance).sum(-1),
+        "saturation": (weights.max(-1).values > SATURATED).to(weights.dtype),
+        "score_std": _score_std(scores) if scores is not None else torch.full_like(weights[..., 0], float("nan")),
     }
     mask = query_mask[:, None, :].to(weights.dtype)  # (B, 1, T_q)
     count = mask.sum() * 1.0
     return {name: (value * mask).sum(dim=(0, 2)) / count for name, value in per_query.items()}
+
+
+def _score_std(scores: Tensor) -> Tensor:
+    """(B, h, T_q): the standard deviation of each query's finite scores."""
+    finite = torch.isfinite(scores)
+    n = finite.sum(-1).clamp(min=1)
+    values = torch.where(finite, scores, 0.0)
+    mean = values.sum(-1, keepdim=True) / n[..., None]
+    return (torch.where(finite, (scores - mean) ** 2, 0.0).sum(-1) / n).sqrt()
 
 
 @torch.no_grad()
@@ -43,15 +61,21 @@ def attention_statistics(model: Transformer, src: Tensor, tgt_in: Tensor) -> dic
     """{kind: {stat: [layer][head] floats}} for one batch of real sentences."""
     was_training = model.training
     model.eval()
-    _, weights = model(src, tgt_in, return_attention=True)
-    model.train(was_training)
+    per_layer: dict[str, list[dict[str, Tensor]]] = {kind: [] for kind in ATTENTION_KINDS}
     queries = {"encoder_self": src != model.pad_id, "decoder_self": tgt_in != model.pad_id,
                "cross": tgt_in != model.pad_id}
-    out: dict[str, Any] = {}
-    for kind in ATTENTION_KINDS:
-        per_layer = [head_statistics(w.float(), queries[kind]) for w in weights[kind]]
-        out[kind] = {stat: [layer[stat].tolist() for layer in per_layer] for stat in STATS}
-    return out
+    for _, _, module in model.attention_modules():
+        module.record_weights = True
+    try:
+        model(src, tgt_in)
+        for kind, _, module in model.attention_modules():
+            per_layer[kind].append(head_statistics(module.weights.float(), queries[kind], module.scores.float()))
+    finally:
+        for _, _, module in model.attention_modules():
+            module.record_weights, module.weights, module.scores = False, None, None
+        model.train(was_training)
+    return {kind: {stat: [layer[stat].tolist() for layer in layers] for stat in STATS}
+            for kind, layers in per_layer.items()}
 
 
 def _loss(model: Transformer, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> float:

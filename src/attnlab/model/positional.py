@@ -1,7 +1,8 @@
-"""Positional encodings: one strategy object per encoder/decoder, handed to its self-attention.
+"""Positional encodings: one per encoder/decoder, owned by the Transformer and handed to its
+self-attention layers at each call (so a learned table is one parameter, stored once).
 
-Every strategy has three hooks, each a no-op by default, so attention never needs to know
-which encoding it got:
+Every encoding has three hooks (PositionalEncoding), each a no-op by default, so attention
+never needs to know which encoding it got:
   embed(x, offset)         add something to the embeddings        (sinusoidal, learned)
   rotate(x, offset)        rotate query/key vectors                (rope)
   bias(t_q, t_k, offset)   an additive bias on attention scores    (alibi)
@@ -18,8 +19,8 @@ from torch import Tensor, nn
 from attnlab.config import ModelConfig
 
 
-class NoPosition(nn.Module):
-    """No position information at all (the model sees a bag of tokens, the decoder's mask aside)."""
+class PositionalEncoding(nn.Module):
+    """The interface: the three hooks, each a no-op here."""
 
     def embed(self, x: Tensor, offset: int = 0) -> Tensor:
         return x
@@ -29,6 +30,10 @@ class NoPosition(nn.Module):
 
     def bias(self, t_q: int, t_k: int, offset: int = 0) -> Tensor | None:
         return None
+
+
+class NoPosition(PositionalEncoding):
+    """No position information at all (the model sees a bag of tokens, the decoder's mask aside)."""
 
 
 def sinusoid_table(n_positions: int, d_model: int) -> Tensor:
@@ -41,7 +46,7 @@ def sinusoid_table(n_positions: int, d_model: int) -> Tensor:
     return table.float()
 
 
-class Sinusoidal(NoPosition):
+class Sinusoidal(PositionalEncoding):
     """The paper's fixed sinusoids, added to the (scaled) embeddings; grows on demand."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -56,7 +61,7 @@ class Sinusoidal(NoPosition):
         return x + self.table[offset:end].to(x.dtype)
 
 
-class Learned(NoPosition):
+class Learned(PositionalEncoding):
     """A learned position embedding table (Table 3 row E, after Gehring et al. 2017)."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -74,7 +79,7 @@ class Learned(NoPosition):
         return x + self.table.weight[offset:end].to(x.dtype)
 
 
-class Rotary(NoPosition):
+class Rotary(PositionalEncoding):
     """RoPE (Su et al. 2021): rotate each pair (x_2i, x_2i+1) of q and k by pos * theta_i,
     theta_i = 10000^(-2i/d_k), so q.k depends only on the relative position."""
 
@@ -108,7 +113,7 @@ def alibi_slopes(n_heads: int) -> Tensor:
     return torch.tensor(slopes)
 
 
-class ALiBi(NoPosition):
+class ALiBi(PositionalEncoding):
     """Attention with Linear Biases: score(i, j) -= slope_h * |i - j|. Symmetric, so the same
     bias serves the bidirectional encoder and (under its causal mask) the decoder."""
 
@@ -123,7 +128,7 @@ class ALiBi(NoPosition):
         return -self.slopes[:, None, None] * distance  # (h, T_q, T_k)
 
 
-POSITIONAL: dict[str, type[NoPosition]] = {
+POSITIONAL: dict[str, type[PositionalEncoding]] = {
     "sinusoidal": Sinusoidal,
     "learned": Learned,
     "rope": Rotary,
@@ -132,6 +137,6 @@ POSITIONAL: dict[str, type[NoPosition]] = {
 }
 
 
-def build_positional(config: ModelConfig) -> NoPosition:
+def build_positional(config: ModelConfig) -> PositionalEncoding:
     cls = POSITIONAL[config.positional]
     return cls() if cls is NoPosition else cls(config)

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.config import ModelConfig
-from attnlab.model.attention import KVCache, MultiHeadAttention
+from attnlab.model.attention import Attention, KVCache
 from attnlab.model.layers import DecoderLayer, EncoderLayer
-from attnlab.model.norms import final_norm
+from attnlab.model.norms import BatchNorm, final_norm, normalise
 from attnlab.model.positional import build_positional
 
 ATTENTION_KINDS = ("encoder_self", "decoder_self", "cross")
@@ -75,10 +75,13 @@ class Transformer(nn.Module):
         self.src_embed = self.tgt_embed if config.tie_embeddings == "all" else Embedding(vocab_size, config, pad_id)
         self.encoder_position = build_positional(config)
         self.decoder_position = build_positional(config)
-        self.encoder_layers = nn.ModuleList(
-            EncoderLayer(config, self.encoder_position) for _ in range(config.encoder_layers))
-        self.decoder_layers = nn.ModuleList(
-            DecoderLayer(config, self.decoder_position) for _ in range(config.decoder_layers))
+        self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        # (kind, layer, module) of every attention layer, in ATTENTION_KINDS order per stack; a
+        # tuple, not a ModuleList: the modules are registered once, inside their layers.
+        self.attention_layers: tuple[tuple[str, int, Attention], ...] = tuple(
+            (kind, i, module) for stack in (self.encoder_layers, self.decoder_layers)
+            for i, layer in enumerate(stack) for kind, module in layer.attentions.items())
         self.encoder_norm, self.decoder_norm = final_norm(config), final_norm(config)
         self.dropout = nn.Dropout(config.dropout)
         # The pre-softmax projection shares the target embedding unless tie_embeddings="none".
@@ -96,8 +99,8 @@ class Transformer(nn.Module):
         mask = keep[:, None, None, :]  # (B, 1, 1, S)
         x = self.dropout(self.encoder_position.embed(self.src_embed(src)))
         for layer in self.encoder_layers:
-            x = layer(x, mask)
-        return Encoded(self.encoder_norm(x), mask, keep.sum(1))
+            x = layer(x, mask, keep, self.encoder_position)
+        return Encoded(normalise(self.encoder_norm, x, keep), mask, keep.sum(1))
 
     # -- decoder -------------------------------------------------------------------------
     def new_cache(self) -> DecoderCache:
@@ -108,17 +111,21 @@ class Transformer(nn.Module):
         holds only the new positions and the cache the earlier ones. Returns logits (B, T, V)."""
         t = tgt_in.size(1)
         offset = cache.offset if cache is not None else 0
+        keep = None
         if cache is None:  # full sequence: causal and key padding
-            self_mask = causal_mask(t, t, tgt_in.device) & (tgt_in != self.pad_id)[:, None, None, :]
+            keep = tgt_in != self.pad_id
+            self_mask = keep[:, None, None, :]
+            if self.config.mask_future_in_training or not self.training:
+                self_mask = causal_mask(t, t, tgt_in.device) & self_mask
         else:  # generated prefixes hold no padding; one new step sees every cached key
             self_mask = None if t == 1 else causal_mask(t, offset + t, tgt_in.device)
         x = self.dropout(self.decoder_position.embed(self.tgt_embed(tgt_in), offset))
         for i, layer in enumerate(self.decoder_layers):
             x = layer(x, encoded.memory, self_mask, encoded.src_mask,
-                      cache.layers[i] if cache is not None else None, offset)
+                      cache.layers[i] if cache is not None else None, offset, keep, self.decoder_position)
         if cache is not None:
             cache.offset += t
-        return nn.functional.linear(self.decoder_norm(x), self.output_weight)  # (B, T, V)
+        return nn.functional.linear(normalise(self.decoder_norm, x, keep), self.output_weight)  # (B, T, V)
 
     def forward(self, src: Tensor, tgt_in: Tensor, return_attention: bool = False):
         """Logits (B, T, V) for every target position; with return_attention also a dict
@@ -129,29 +136,42 @@ class Transformer(nn.Module):
             logits = self.decode(tgt_in, self.encode(src))
         return logits, weights
 
+    # -- what training logs ----------------------------------------------------------------
+    def layer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by layer, for gradient norms per layer: encoder_<i>, decoder_<i>, and
+        other (embeddings, position tables, final norms); each shared matrix once."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
+            stack, _, rest = name.partition("_layers.")
+            group = f"{stack}_{rest.split('.')[0]}" if rest and stack in ("encoder", "decoder") else "other"
+            groups.setdefault(group, []).append(parameter)
+        return groups
+
+    def batch_statistics_spread(self) -> float | None:
+        """For BatchNorm: how much its batch means moved across the training steps since the
+        last call (BatchNorm.spread), averaged over every BatchNorm; None without any. Reads
+        the device."""
+        spreads = [s for m in self.modules() if isinstance(m, BatchNorm) and (s := m.spread()) is not None]
+        return sum(spreads) / len(spreads) if spreads else None
+
     # -- attention weights ---------------------------------------------------------------
-    def attention_modules(self) -> Iterator[tuple[str, int, MultiHeadAttention]]:
+    def attention_modules(self) -> Iterator[tuple[str, int, Attention]]:
         """(kind, layer index, module) for every attention layer."""
-        for i, layer in enumerate(self.encoder_layers):
-            yield "encoder_self", i, layer.self_attn.sublayer
-        for i, layer in enumerate(self.decoder_layers):
-            yield "decoder_self", i, layer.self_attn.sublayer
-            yield "cross", i, layer.cross_attn.sublayer
+        yield from self.attention_layers
 
     @contextmanager
     def recording_attention(self) -> Iterator[dict[str, list[Tensor]]]:
         """Switch every attention layer to the explicit path; the yielded dict is filled on exit."""
         weights: dict[str, list[Tensor]] = {kind: [] for kind in ATTENTION_KINDS}
-        modules = list(self.attention_modules())
-        for _, _, module in modules:
+        for _, _, module in self.attention_layers:
             module.record_weights, module.weights = True, None
         try:
             yield weights
         finally:
-            for kind, _, module in modules:
+            for kind, _, module in self.attention_layers:
                 if module.weights is not None:
                     weights[kind].append(module.weights)
-                module.record_weights, module.weights = False, None
+                module.record_weights, module.weights, module.scores = False, None, None
 
 
 def build_model(config: ModelConfig, vocab_size: int, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3) -> Transformer:

@@ -17,12 +17,13 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from attnlab.analysis import STATS  # noqa: E402
 from attnlab.report.collect import head_statistics, run_path  # noqa: E402
 from attnlab.report.tables import KINDS, Tables, config_value, short_name  # noqa: E402
 from attnlab.sweep.spec import Study  # noqa: E402
 from attnlab.train.history import read_history  # noqa: E402
 
-HEAD_STATS = ("entropy", "confidence", "distance", "importance")
+HEAD_STATS = (*STATS, "importance")
 
 
 def _safe(name: str) -> str:
@@ -118,15 +119,16 @@ def head_heatmaps(study: Study, frame: pd.DataFrame, directory: Path) -> list[Pa
         data = head_statistics(study, trials)
         if data is None:
             continue
-        data = data[["kind", "layer", "head", *HEAD_STATS]]
+        stats = [stat for stat in HEAD_STATS if stat in data]  # runs from before a statistic existed lack it
+        data = data[["kind", "layer", "head", *stats]]
         data.insert(0, "row", row)
         layers, heads = int(data["layer"].max()) + 1, int(data["head"].max()) + 1
-        fig, axes = plt.subplots(len(KINDS), len(HEAD_STATS), squeeze=False,
-                                 figsize=(2.6 * len(HEAD_STATS) + max(0, heads - 8) * 0.25,
+        fig, axes = plt.subplots(len(KINDS), len(stats), squeeze=False,
+                                 figsize=(2.6 * len(stats) + max(0, heads - 8) * 0.25,
                                           1.1 * len(KINDS) * max(layers, 2) / 2 + 1))
         for i, kind in enumerate(KINDS):
             part = data[data["kind"] == kind]
-            for j, stat in enumerate(HEAD_STATS):
+            for j, stat in enumerate(stats):
                 ax = axes[i][j]
                 grid = part.pivot(index="layer", columns="head", values=stat).reindex(range(layers))
                 image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis")

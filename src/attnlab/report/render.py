@@ -59,6 +59,10 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|")  # a bare | would start a new column
 
 
+STAT_LABELS = {"entropy": "entr", "confidence": "conf", "distance": "dist", "score_std": "score sd",
+               "saturation": "sat"}
+
+
 def attention_display(tables: Tables) -> pd.DataFrame:
     a = tables.attention
     if a.empty:
@@ -67,7 +71,7 @@ def attention_display(tables: Tables) -> pd.DataFrame:
     short = {"encoder_self": "enc", "decoder_self": "dec", "cross": "cross"}
     for kind in KINDS:
         for stat in STATS:
-            out[f"{short[kind]} {stat[:4]}"] = [_num(x) for x in a[f"{kind}:{stat}"]]
+            out[f"{short[kind]} {STAT_LABELS[stat]}"] = [_num(x) for x in a[f"{kind}:{stat}"]]
     out["most important heads"] = a["most_important_heads"]
     return out
 

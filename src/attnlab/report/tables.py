@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from attnlab.analysis import STATS
 from attnlab.errors import ConfigError
 from attnlab.fields import flatten
 from attnlab.paper import table3_rows
@@ -24,7 +25,6 @@ SHORT_NAMES = {"model.n_layers": "N", "model.d_model": "d_model", "model.d_ff": 
                "train.max_steps": "train_steps", "model.positional": "positional",
                "model.norm_placement": "norm_placement", "model.norm": "norm"}
 KINDS = ("encoder_self", "decoder_self", "cross")
-STATS = ("entropy", "confidence", "distance")
 ALPHA = 0.05
 
 
@@ -236,8 +236,8 @@ def _head_importance(study: Study, trials: pd.DataFrame, top: int = 3) -> str:
 
 
 def attention_table(study: Study, complete: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: mean entropy, confidence and distance per attention kind, and its most
-    important heads (loss increase when masked)."""
+    """Per variant: the mean of each attention statistic (STATS) per attention kind, and its
+    most important heads (loss increase when masked)."""
     records = []
     for row, trials in complete.groupby("row", sort=False) if len(complete) else []:
         record: dict[str, Any] = {"row": row}

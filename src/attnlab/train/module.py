@@ -24,6 +24,8 @@ from attnlab.train.schedule import noam_scheduler, scale_for_peak
 
 # Scores hypotheses (token ids in dataset order) of the validation split: {"bleu": .., "chrf": ..}
 Scorer = Callable[[dict[int, list[int]]], dict[str, float]]
+GRAD_NORM = "train/grad_norm"  # over every gradient; GRAD_NORM/<layer> per layer (Transformer.layer_groups)
+BATCHNORM_SPREAD = "train/batchnorm_spread"  # Transformer.batch_statistics_spread, with norm: batchnorm
 
 
 def _destroy_process_group() -> None:
@@ -98,6 +100,9 @@ class TranslationModule(pl.LightningModule):
         self._check_finite(self.global_step + 1)
         self.log("train/loss", loss_sum / batches, on_step=True, prog_bar=True)
         self.log("train/ppl", math.exp(min(nll_sum / max(tokens, 1), 50)), on_step=True)
+        spread = self.model.batch_statistics_spread()
+        if spread is not None:
+            self.log(BATCHNORM_SPREAD, spread, on_step=True)
 
     def _check_finite(self, seen_at: int) -> None:
         """A diverged run fails with the first step whose loss was NaN or infinite, on every rank
@@ -111,10 +116,14 @@ class TranslationModule(pl.LightningModule):
                                      "(train.peak_lr / lr_scale) or clip gradients (train.grad_clip)")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if (self.global_step + 1) % self._every == 0:  # a norm over every gradient: only when logged
+        if (self.global_step + 1) % self._every == 0:  # norms over the gradients: only when logged
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
-                self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True)
+                self.log(GRAD_NORM, torch.nn.utils.get_total_norm(grads), on_step=True)
+            for layer, parameters in self.model.layer_groups().items():
+                grads = [p.grad for p in parameters if p.grad is not None]
+                if grads:  # "vanishing gradients" as a curve per layer
+                    self.log(f"{GRAD_NORM}/{layer}", torch.nn.utils.get_total_norm(grads), on_step=True)
 
     def on_train_start(self) -> None:
         self._step_sums = self._step_sums.to(self.device)
@@ -172,7 +181,7 @@ class TranslationModule(pl.LightningModule):
         fused = next(self.model.parameters()).is_cuda and (cfg.grad_clip is None or cfg.precision == "32-true")
         optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                      weight_decay=cfg.weight_decay, fused=True if fused else None)
-        scheduler = noam_scheduler(optimizer, d_model, cfg.warmup_steps, scale)
+        scheduler = noam_scheduler(optimizer, d_model, cfg.warmup_steps, scale, ramp=cfg.warmup == "linear")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -49,7 +49,7 @@ from attnlab.train.callbacks import (
 from attnlab.train.checkpoints import check_resumable, latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
 from attnlab.train.history import FILE as HISTORY_FILE
-from attnlab.train.history import History
+from attnlab.train.history import History, read_history
 from attnlab.train.launch import (
     Launch,
     Plan,
@@ -62,7 +62,7 @@ from attnlab.train.launch import (
     resolve,
     share,
 )
-from attnlab.train.module import TranslationModule
+from attnlab.train.module import BATCHNORM_SPREAD, GRAD_NORM, TranslationModule
 from attnlab.train.ranks import Recount, SameRun
 from attnlab.train.rundir import CONFIG_FILE, move_aside, must_move_aside
 from attnlab.train.tracking import finish, make_logger
@@ -301,6 +301,20 @@ def _ending(callbacks: list[pl.Callback], clock: TrainClock, step: int) -> Excep
     return next((e for c in callbacks if isinstance(c, EndsRun) and (e := c.ending()) is not None), None)
 
 
+def training_statistics(run_dir: Path) -> dict[str, Any]:
+    """Means over the logged training steps: the gradient norm of each layer, and with
+    BatchNorm the spread of its batch statistics (None without)."""
+    records = [r for r in read_history(run_dir) if not any(k.startswith("val/") for k in r)]
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in records if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    layers = sorted({k for r in records for k in r if k.startswith(f"{GRAD_NORM}/")})
+    return {"grad_norm_by_layer": {k.removeprefix(f"{GRAD_NORM}/"): mean(k) for k in layers},
+            "batchnorm_spread": mean(BATCHNORM_SPREAD)}
+
+
 def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,
            data: TranslationDataModule, run_dir: Path, params: int, logger, totals: dict[str, Any]) -> dict[str, Any]:
     valid = data.data.valid
@@ -320,7 +334,7 @@ def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,
         "chrf_signature": dev["chrf_signature"], "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
         "params": params, **totals,
         "train_tokens_per_s": totals["train_tokens"] / totals["train_seconds"] if totals["train_seconds"] else None,
-        "splits": scores, "attention": attention_summary,
+        "splits": scores, "attention": attention_summary, **training_statistics(run_dir),
         "run_dir": str(run_dir),
     }
     hyps = (run_dir / "hypotheses" / f"{config.data.valid_split}.txt").read_text().splitlines()
