@@ -493,10 +493,11 @@ def test_a_trial_out_of_gpu_memory_fails_and_is_queued_again(tmp_path, monkeypat
 
 
 def test_a_field_added_since_a_study_ran_does_not_change_its_rows():
-    from attnlab.config import DecodeConfig, stored_definition
+    from attnlab.config import ModelConfig, stored_definition
 
     new = ExperimentConfig(train=TrainConfig(max_steps=1)).definition()
-    old = {k: v for k, v in new.items() if k != "decode.max_tokens"}  # stored before the field existed
+    old = {k: v for k, v in new.items() if k not in ("model.attention_scale", "model.n_kv_heads")}  # an older study
     assert stored_definition(old, new) == new
-    larger = ExperimentConfig(train=TrainConfig(max_steps=1), decode=DecodeConfig(max_tokens=20_000)).definition()
-    assert stored_definition(old, larger) != larger  # a non-default value of the new field is a change
+    assert stored_definition({**new, "decode.max_tokens": None}, new) == new  # a field that no longer defines runs
+    unscaled = ExperimentConfig(train=TrainConfig(max_steps=1), model=ModelConfig(attention_scale="none")).definition()
+    assert stored_definition(old, unscaled) != unscaled  # a non-default value of the new field is a change

@@ -365,7 +365,7 @@ class LoggingConfig:
 
 # Fields that do not change what a run computes: editing them never makes a run or a row "changed".
 NOT_DEFINING = ("name", "output_dir", "logging.", "data.cache_dir", "data.mirror", "train.threads",
-                "train.log_every_steps", "train.rendezvous_timeout")
+                "train.log_every_steps", "train.rendezvous_timeout", "decode.max_tokens")
 # Budgets: a run may be resumed with more (or fewer) steps or minutes than it started with.
 BUDGETS = ("train.max_steps", "train.max_epochs", "train.max_minutes", "train.max_train_minutes")
 # Where and how a run is split, not what it computes: a definition holds their one product that
@@ -404,9 +404,10 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dec
 
 def stored_definition(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
     """A definition stored by an earlier attnlab, read as this one writes them: placement as
-    BATCHES_PER_STEP, and each field added since at its default (which keeps the old meaning),
-    so that a new field alone never makes an old study's rows read as changed."""
-    out = without_placement(stored)
+    BATCHES_PER_STEP, fields that no longer define a run (NOT_DEFINING) left out, and each field
+    added since at its default (which keeps the old meaning), so that a new field alone never
+    makes an old study's rows read as changed."""
+    out = {k: v for k, v in without_placement(stored).items() if not k.startswith(NOT_DEFINING)}
     for key in current.keys() - out.keys():
         section, _, name = key.partition(".")
         known = {f.name: f for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else {}
