@@ -76,7 +76,11 @@ def test_offline_wandb_run_has_metrics_config_tables_and_images(finished_run):
     assert run["run"]["job_type"] == "train" and run["exit_code"] == 0
     assert run["config"]["model"]["d_model"] == 32 and run["config"]["params"] == result["params"]
     assert run["summary"]["final/bleu"] == pytest.approx(result["bleu"])
+    assert run["summary"]["final/test_2016_flickr/bleu"] == pytest.approx(result["splits"]["test_2016_flickr"]["bleu"])
     assert run["summary"]["attention/cross/entropy"] == pytest.approx(result["attention"]["cross"]["entropy"])
+    # Each validation curve's summary is its best value (define_metric), not its last.
+    for key, best in (("val/bleu", max), ("val/loss", min)):
+        assert run["summary"][key] == {best.__name__: pytest.approx(best(h[key] for h in run["history"] if key in h))}
     logged = set().union(*run["history"])
     assert {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm", "val/loss", "val/ppl", "val/bleu",
             "val/chrf"} <= logged

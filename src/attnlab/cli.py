@@ -105,8 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, quiet=True))
     result = train(config, resume=not args.restart)
     if result:
-        keys = ("name", "bleu", "chrf", "val_ppl", "params", "train_steps", "train_tokens_per_s", "wall_s", "run_dir")
-        print(json.dumps({k: result.get(k) for k in keys}, indent=2))
+        from attnlab.results import result_keys
+
+        print(json.dumps({k: result.get(k) for k in result_keys("shown")}, indent=2))
     return 0
 
 

@@ -12,14 +12,14 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from attnlab.fields import flatten
+from attnlab.results import ATTENTION_FILE, result_keys
 from attnlab.sweep.definitions import superseded
 from attnlab.sweep.pruning import PRUNED_AT
 from attnlab.sweep.spec import Study
 from attnlab.sweep.storage import open_existing
 
 # Scalars every complete trial carries (worker.RESULT_ATTRS), as frame columns.
-SCALARS = ("bleu", "chrf", "val_loss", "val_ppl", "params", "train_steps", "train_tokens_per_s", "train_seconds",
-           "wall_s", "peak_rss_mb", "sacrebleu_signature", "run_dir", "wandb_run_id")
+SCALARS = result_keys("column")
 
 
 def _reason(trial: optuna.trial.FrozenTrial) -> str:
@@ -105,8 +105,8 @@ def head_statistics(study: Study, trials: pd.DataFrame) -> pd.DataFrame | None:
     frames = []
     for _, trial in trials.iterrows():
         folder = run_path(trial.get("run_dir"), study)
-        if folder and (folder / "attention.csv").exists():
-            frames.append(pd.read_csv(folder / "attention.csv"))
+        if folder and (folder / ATTENTION_FILE).exists():
+            frames.append(pd.read_csv(folder / ATTENTION_FILE))
     if not frames:
         return None
     return pd.concat(frames).groupby(["kind", "layer", "head"], as_index=False).mean(numeric_only=True)

@@ -17,6 +17,7 @@ from attnlab.fields import flatten
 from attnlab.paper import table3_rows
 from attnlab.report.collect import head_statistics, run_path
 from attnlab.report.significance import Significance, marker, paired_test
+from attnlab.results import hypotheses_file
 from attnlab.sweep.spec import Study
 
 # Dotted config field -> the paper's column name (others show their last part).
@@ -71,7 +72,7 @@ def _score_column(study: Study, split: str) -> str:
 
 def _hypotheses(study: Study, trial: pd.Series, split: str) -> list[str] | None:
     folder = run_path(trial.get("run_dir"), study)
-    path = folder / "hypotheses" / f"{split.replace('/', '_')}.txt" if folder else None
+    path = hypotheses_file(folder, split) if folder else None
     return path.read_text(encoding="utf-8").splitlines() if path and path.exists() else None
 
 

@@ -14,7 +14,6 @@ import optuna
 from attnlab.train.callbacks import EndsRun
 
 PRUNED_AT = "pruned_at_step"
-MONITORS = {"bleu": "val/bleu", "chrf": "val/chrf", "val_loss": "val/loss", "val_ppl": "val/ppl"}
 
 
 class PruneOnValidation(EndsRun):

@@ -38,9 +38,8 @@ from attnlab.fields import (
     set_path,
     unflatten,
 )
+from attnlab.results import METRICS, Direction, MetricName
 
-Metric = Literal["bleu", "chrf", "val_loss", "val_ppl"]
-Direction = Literal["maximize", "minimize"]
 Sampler = Literal["tpe", "random"]
 Pruner = Literal["median", "hyperband", "none"]
 
@@ -91,9 +90,10 @@ class StudyFile:
     """The base config itself is a row, id "base"."""
     output_dir: str = "runs/studies"
     """Run folders go to <output_dir>/<study>/."""
-    metric: Metric = "bleu"
-    """What the study optimises and reports."""
-    direction: Direction = "maximize"
+    metric: MetricName = "bleu"
+    """What the study optimises and reports (attnlab/results.py: METRICS)."""
+    direction: Direction | None = None
+    """None: the metric's own (maximize BLEU and chrF, minimize loss and PPL)."""
     paper_table3: bool = False
     """Row ids name rows of the paper's Table 3 (A1, B2, ...): reports put the paper beside ours."""
     storage: str | None = None
@@ -125,7 +125,7 @@ class Study:
     rows: tuple[Row, ...]
     seeds: tuple[int, ...]
     output_dir: str
-    metric: Metric = "bleu"
+    metric: MetricName = "bleu"
     direction: Direction = "maximize"
     description: str = ""
     paper_table3: bool = False
@@ -331,8 +331,9 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
         problems += found + [p for _, _, own in variants for p in own]
     if problems:
         raise StudyError(path, list(dict.fromkeys(problems)))
+    direction = spec.direction or METRICS[spec.metric].direction
     return Study(name=spec.study, path=path, base=base, rows=tuple(rows), seeds=tuple(spec.seeds),
-                 output_dir=spec.output_dir, metric=spec.metric, direction=spec.direction,
+                 output_dir=spec.output_dir, metric=spec.metric, direction=direction,
                  description=spec.description, paper_table3=spec.paper_table3, storage=spec.storage,
                  space=dict(spec.space or {}), n_trials=spec.n_trials or 0, sampler=spec.sampler,
                  pruner=spec.pruner, sampler_seed=spec.sampler_seed)

@@ -13,14 +13,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from attnlab.results import METRICS, result_keys
 from attnlab.sweep.spec import Study
 from attnlab.sweep.storage import Heartbeat, claim, heartbeat_interval, open_study, others_running
 from attnlab.sweep.urls import redact
 
 # result.json fields stored on the trial (Optuna user attributes) for status, export, reports.
-RESULT_ATTRS = ("bleu", "chrf", "sacrebleu_signature", "val_loss", "val_ppl", "params", "train_steps",
-                "train_tokens_per_s", "train_seconds", "wall_s", "peak_rss_mb", "run_dir", "wandb_run_id",
-                "splits", "attention", "resumed_from", "fixed_seconds")
+RESULT_ATTRS = result_keys("trial")
 
 
 def run_trial(study: Study, ostudy: optuna.Study, trial: optuna.Trial, worker: str, threads: int | None = None) -> None:
@@ -126,7 +125,7 @@ def tune(study: Study, url: str, worker: str = "worker-0", threads: int | None =
     over every worker (MaxTrialsCallback). Heartbeats and stale-trial reruns come from the
     RDB storage inside `optimize`."""
     from attnlab.data.datamodule import reuse_prepared
-    from attnlab.sweep.pruning import MONITORS, PruneOnValidation
+    from attnlab.sweep.pruning import PruneOnValidation
     from attnlab.train.callbacks import stop_time
     from attnlab.train.run import train
 
@@ -142,7 +141,7 @@ def tune(study: Study, url: str, worker: str = "worker-0", threads: int | None =
         extra = {"study": study.name, "row": f"t{trial.number}", "trial_number": trial.number,
                  "trial_id": trial._trial_id, "changes": params}
         try:
-            result = train(config, extra=extra, callbacks=[PruneOnValidation(trial, MONITORS[study.metric])])
+            result = train(config, extra=extra, callbacks=[PruneOnValidation(trial, METRICS[study.metric].logged)])
         except FloatingPointError as error:
             trial.set_user_attr("fail_kind", "diverged")
             trial.set_user_attr("fail_reason", str(error))

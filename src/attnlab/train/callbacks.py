@@ -22,7 +22,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-STATS_FILE = "train_stats.json"  # in the run folder: steps, epochs, tokens, seconds, world size
 STOP_AT_ENV = "ATTNLAB_STOP_AT"  # inherited by every rank a launcher starts
 
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-FILE = "metrics.jsonl"
+from attnlab.results import HISTORY_FILE
 
 
 class History(pl.Callback):
     def __init__(self, run_dir: Path, every: int, clock: Any = None) -> None:
-        self.path = Path(run_dir) / FILE
+        self.path = Path(run_dir) / HISTORY_FILE
         self.clock = clock  # the run's TrainClock: training seconds at each record
         self.every = max(1, every)
         self._last_step = -1  # with gradient accumulation, several batches end at the same step
@@ -52,7 +52,7 @@ class History(pl.Callback):
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     """The run's records in step order, a resumed run's repeated steps replaced by their last."""
-    path = Path(run_dir) / FILE
+    path = Path(run_dir) / HISTORY_FILE
     if not path.exists():
         return []
     latest: dict[tuple[str, int], dict[str, Any]] = {}

@@ -15,8 +15,7 @@ import torch.distributed as dist
 
 from attnlab.errors import CheckpointError, LaunchError
 from attnlab.fields import describe_changes
-
-RANKS_FILE = "ranks.json"  # in the run folder: each rank's host, pid, allocator, devices and run folder
+from attnlab.results import RANKS_FILE
 
 
 class SameRun(pl.Callback):

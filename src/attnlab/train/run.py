@@ -1,4 +1,5 @@
-"""`train(config) -> result`: one run from config to a scored, logged run folder.
+"""`train(config) -> result`: one run from config to a scored, logged run folder (its file
+names: attnlab/results.py).
 
     <output_dir>/<name>/
         config.yaml          the resolved config
@@ -7,7 +8,7 @@
         heatmaps/*.png       attention of a few fixed validation sentences
         attention.csv        statistics per kind, layer and head
         metrics.jsonl        learning curve: training loss and every validation (train/history.py)
-        result.json          scores, PPL, params, throughput, attention summary, launch
+        result.json          scores, PPL, params, throughput, attention summary, launch (results.RunResult)
         ranks.json           each rank of a multi-process run: host, pid, allocator, devices (train/ranks.py)
         wandb/               the W&B run (offline runs: `wandb sync` it later)
 """
@@ -38,8 +39,19 @@ from attnlab.data.tokenizer import Vocabulary
 from attnlab.errors import AttnlabError, LaunchError, StopTimeReached
 from attnlab.model import Transformer, build_model, count_parameters
 from attnlab.paths import check_writable_folder
-from attnlab.train.callbacks import (
+from attnlab.results import (
+    ATTENTION_FILE,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    HEATMAPS,
+    HISTORY_FILE,
+    HYPOTHESES,
+    RESULT_FILE,
     STATS_FILE,
+    RunResult,
+    hypotheses_file,
+)
+from attnlab.train.callbacks import (
     STOP_AT_ENV,
     EndsRun,
     FinalCheckpoint,
@@ -48,7 +60,6 @@ from attnlab.train.callbacks import (
 )
 from attnlab.train.checkpoints import check_resumable, latest_checkpoint
 from attnlab.train.evaluation import ValidationScorer, check_lengths, score, translate
-from attnlab.train.history import FILE as HISTORY_FILE
 from attnlab.train.history import History, read_history
 from attnlab.train.launch import (
     Launch,
@@ -64,7 +75,7 @@ from attnlab.train.launch import (
 )
 from attnlab.train.module import BATCHNORM_SPREAD, GRAD_NORM, TranslationModule
 from attnlab.train.ranks import Recount, SameRun
-from attnlab.train.rundir import CONFIG_FILE, move_aside, must_move_aside
+from attnlab.train.rundir import move_aside, must_move_aside
 from attnlab.train.tracking import finish, make_logger
 
 HEATMAP_SENTENCES = 3
@@ -76,10 +87,10 @@ def _trainer(config: ExperimentConfig, run_dir: Path, logger, callbacks: list[pl
     val_interval = {"val_check_interval": t.val_every_steps * t.accumulate_grad_batches,
                     "check_val_every_n_epoch": None} if t.val_every_steps else {}
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+        dirpath=run_dir / CHECKPOINTS, filename="step{step:07d}", auto_insert_metric_name=False,
         monitor="global_step", mode="max", save_top_k=t.keep_checkpoints,
         every_n_train_steps=t.checkpoint_every_steps)
-    final = FinalCheckpoint(run_dir / "checkpoints")
+    final = FinalCheckpoint(run_dir / CHECKPOINTS)
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_steps=t.max_steps if t.max_steps is not None else -1, max_epochs=t.max_epochs,
@@ -121,7 +132,7 @@ def _attention(model: Transformer, split: EncodedSplit, vocab: Vocabulary, sampl
         one = split.collate([i])
         pieces = lambda ids: [vocab.sp.id_to_piece(int(t)) for t in ids]  # noqa: E731
         images += attention_heatmaps(model, one["src"].to(device), one["tgt_in"].to(device), pieces(one["src"][0]),
-                                     pieces(one["tgt_in"][0]), run_dir / "heatmaps", f"val{i}")
+                                     pieces(one["tgt_in"][0]), run_dir / HEATMAPS, f"val{i}")
     return stats, importance, images
 
 
@@ -129,12 +140,12 @@ def evaluate_model(model: Transformer, vocab: Vocabulary, config: ExperimentConf
                    run_dir: Path) -> dict[str, Any]:
     """Translate and score every split with the final decoding settings; write hypotheses."""
     out: dict[str, Any] = {}
-    (run_dir / "hypotheses").mkdir(parents=True, exist_ok=True)
+    (run_dir / HYPOTHESES).mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         start = time.perf_counter()
         hypotheses = translate(model, split, vocab, config.decode, config.data.max_tokens)
         seconds = time.perf_counter() - start
-        (run_dir / "hypotheses" / f"{name.replace('/', '_')}.txt").write_text("".join(h + "\n" for h in hypotheses))
+        hypotheses_file(run_dir, name).write_text("".join(h + "\n" for h in hypotheses))
         out[name] = {**score(hypotheses, split.tgt_text).as_dict(), "decode_seconds": round(seconds, 2),
                      "sentences": len(split), "beam_size": config.decode.beam_size}
     return out
@@ -146,7 +157,10 @@ def _log_final(logger, result: dict[str, Any], table: list[list[Any]], images: l
         return
     import wandb
 
-    flat = {f"final/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+    # What a comparison needs: the final scores of every split (valid and tests), PPL, params, tokens/s.
+    flat = {f"final/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for split, scores in result["splits"].items():
+        flat.update({f"final/{split}/{k}": v for k, v in scores.items() if k in ("bleu", "chrf")})
     for kind, stats in result["attention"].items():
         if isinstance(stats, dict):
             flat.update({f"attention/{kind}/{stat}": value for stat, value in stats.items()})
@@ -185,7 +199,7 @@ def _plan(config: ExperimentConfig, launch: Launch, run_dir: Path, resume: bool,
     if launch.is_rank_zero:
         try:
             move = must_move_aside(config, run_dir, resume, replace_changed)  # a folder of another config: refused
-            ckpt = latest_checkpoint(run_dir / "checkpoints") if resume and not move else None
+            ckpt = latest_checkpoint(run_dir / CHECKPOINTS) if resume and not move else None
             if ckpt is not None:
                 check_resumable(ckpt, launch.world_size * config.train.accumulate_grad_batches)
             plan = Plan(resume_from=str(ckpt) if ckpt else None, move_aside=move)
@@ -247,7 +261,7 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
                             "gpu_memory_fraction": gpu_memory_share()}
         if "weights_max_rank_difference" in ranks:
             result["weights_max_rank_difference"] = ranks["weights_max_rank_difference"]
-        result["final_checkpoint"] = str(FinalCheckpoint(run_dir / "checkpoints").path(totals["train_steps"]))
+        result["final_checkpoint"] = str(FinalCheckpoint(run_dir / CHECKPOINTS).path(totals["train_steps"]))
         failed = False
     finally:
         wandb_id = logger.experiment.id if logger is not None else None
@@ -256,7 +270,8 @@ def _train(config: ExperimentConfig, launch: Launch, resume: bool, extra: dict[s
     result["resumed_from"] = plan.resume_from
     result.update(extra or {})
     result["fixed_seconds"] = fixed_seconds(start, totals)
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    result = RunResult.from_dict(result).as_dict()
+    (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
     if sync_command and not config.logging.quiet:
         print(f"W&B run saved offline; upload it with: {sync_command}")
     return result
@@ -325,7 +340,7 @@ def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,
     if config.train.attention_stats:
         stats, importance, images = _attention(model, valid, vocab, config.train.attention_sample, run_dir)
         attention_summary, table = summarise(stats, importance), rows(stats, importance)
-        with open(run_dir / "attention.csv", "w") as f:
+        with open(run_dir / ATTENTION_FILE, "w") as f:
             f.write(",".join(TABLE_COLUMNS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in table))
     dev = scores[config.data.valid_split]
     result = {
@@ -337,7 +352,7 @@ def _final(config: ExperimentConfig, model: Transformer, vocab: Vocabulary,
         "splits": scores, "attention": attention_summary, **training_statistics(run_dir),
         "run_dir": str(run_dir),
     }
-    hyps = (run_dir / "hypotheses" / f"{config.data.valid_split}.txt").read_text().splitlines()
+    hyps = hypotheses_file(run_dir, config.data.valid_split).read_text().splitlines()
     samples = [[valid.src_text[i], valid.tgt_text[i], hyps[i]] for i in range(min(8, len(valid)))]
     _log_final(logger, result, table, images, samples)
     return result

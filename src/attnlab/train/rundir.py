@@ -16,8 +16,7 @@ import yaml
 from attnlab.config import BATCHES_PER_STEP, BUDGETS, ExperimentConfig
 from attnlab.errors import ConfigError
 from attnlab.fields import describe_changes
-
-CONFIG_FILE = "config.yaml"
+from attnlab.results import CONFIG_FILE
 
 
 def stored_changes(config: ExperimentConfig, run_dir: Path) -> str | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.config import ExperimentConfig
+from attnlab.results import METRICS
 
 
 def wandb_mode(configured: str) -> str:
@@ -36,11 +37,14 @@ def make_logger(config: ExperimentConfig, run_dir: Path, extra_config: dict[str,
 
     log = config.logging
     os.environ.setdefault("WANDB_SILENT", "true" if log.quiet else "false")
-    return WandbLogger(
+    logger = WandbLogger(
         name=config.name, project=log.project, entity=log.entity, group=log.group, job_type=log.job_type,
         tags=list(log.tags), save_dir=str(run_dir), offline=mode == "offline",
         config={**config.to_dict(), **(extra_config or {})}, reinit="finish_previous",
     )
+    for metric in METRICS.values():  # a run's summary holds each curve's best value, not its last
+        logger.experiment.define_metric(metric.logged, summary=metric.better)
+    return logger
 
 
 def finish(logger, failed: bool) -> str | None:
