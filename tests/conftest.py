@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -87,3 +89,27 @@ def postgres_url():
             pytest.fail("ATTNLAB_TEST_POSTGRES is not set but CI requires the PostgreSQL tests")
         pytest.skip("set ATTNLAB_TEST_POSTGRES=postgresql://user:password@host/db to run")
     return url
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium through Selenium with Debian's chromedriver (no downloads)."""
+    import os
+
+    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        if os.environ.get("ATTNLAB_REQUIRE_BROWSER"):
+            pytest.fail("chromium and chromedriver are required here (apt-get install chromium chromium-driver)")
+        pytest.skip("no chromium/chromedriver (CI installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,900"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()

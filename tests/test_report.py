@@ -229,30 +229,6 @@ def test_latex_compiles(known_study, tmp_path):
     assert not re.search(r"^! ", proc.stdout, re.M)
 
 
-@pytest.fixture
-def browser():
-    """Headless Chromium through Selenium with Debian's chromedriver (no downloads)."""
-    import os
-
-    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        if os.environ.get("ATTNLAB_REQUIRE_BROWSER"):
-            pytest.fail("chromium and chromedriver are required here (apt-get install chromium chromium-driver)")
-        pytest.skip("no chromium/chromedriver (CI installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,900"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    yield driver
-    driver.quit()
-
-
 def test_html_page_loads_without_errors_and_shows_every_table_and_figure(known_study, tmp_path, browser):
     study, url, _, _ = known_study
     report = build_report(study, url, tmp_path / "report", formats=("html",), samples=200)

@@ -452,3 +452,22 @@ def test_eight_workers_on_one_sqlite_study_lose_and_repeat_no_trial(tmp_path, mi
         trials.setdefault(trial_key(t), []).append(t.state.name)
     assert trials == {(row.id, seed): ["COMPLETE"] for row, seed in study.trials()}  # 16 trials, each once
     assert out.stdout.count("fixed cost") == 16
+
+
+def test_sweep_sync_uploads_the_offline_runs_not_yet_synced(tmp_path, mirror, capfd):
+    from attnlab.cli import main
+
+    path = tiny_study(tmp_path, mirror, [{"id": "heads1", "model": {"n_heads": 1}}], max_steps=2)
+    document = yaml.safe_load(path.read_text())
+    document["base"]["logging"]["wandb"] = "offline"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    assert main(["sweep", "run", str(path)]) == 0
+    runs = sorted((tmp_path / "studies" / "tiny").glob("*/wandb/offline-run-*"))
+    assert len(runs) == 2
+    [log] = runs[0].glob("*.wandb")
+    log.with_suffix(".wandb.synced").touch()  # what `wandb sync` leaves once a run is uploaded
+    capfd.readouterr()
+    assert main(["sweep", "sync", str(path), "--dry-run"]) == 0
+    captured = capfd.readouterr()
+    assert "2 offline W&B runs, 1 already synced, 1 to upload" in captured.out
+    assert "Would sync 1 run(s)" in captured.out + captured.err  # wandb's own dry run: only the pending one, no network

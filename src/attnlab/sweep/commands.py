@@ -263,6 +263,53 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def offline_runs(study) -> list[Path]:
+    """Every offline W&B run in the study's run folders (superseded ones included)."""
+    return sorted((Path(study.output_dir) / study.name).glob("*/wandb/offline-run-*"))
+
+
+def is_synced(run: Path) -> bool:
+    """wandb sync leaves run-<id>.wandb.synced beside the run's log once uploaded."""
+    return any(log.with_suffix(".wandb.synced").exists() for log in run.glob("*.wandb"))
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Upload the study's offline W&B runs, several at a time, skipping those already synced."""
+    import shutil
+
+    from attnlab.errors import StudyError
+    from attnlab.sweep.spec import load_study
+
+    study = load_study(args.study, args.set)
+    runs = offline_runs(study)
+    pending = [run for run in runs if not is_synced(run)]
+    print(f"study {study.name!r}: {len(runs)} offline W&B runs, {len(runs) - len(pending)} already synced, "
+          f"{len(pending)} to upload ({args.parallel} at a time)", flush=True)
+    if not pending:
+        return 0
+    wandb = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
+    if not Path(wandb).exists():
+        raise StudyError(args.study, ["the `wandb` command is not installed here: pip install wandb"])
+    log = study.base.logging
+    cmd = [wandb, "sync", "--yes", "--skip-synced", "-n", str(args.parallel),
+           *(["-p", log.project] if log.project else []), *(["-e", log.entity] if log.entity else []),
+           *(["--dry-run"] if args.dry_run else []), *map(str, pending)]
+    return subprocess.run(cmd).returncode
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the study's storage, read-only (sweep/dashboard.py)."""
+    from attnlab.sweep.dashboard import serve
+    from attnlab.sweep.storage import open_existing
+    from attnlab.sweep.urls import redact
+
+    study, url = existing_study_url(args)
+    open_existing(study, url)  # a missing study or a storage fault: one line, before serving
+    print(f"study {study.name!r} on {redact(url)}", flush=True)
+    serve(url, args.host, args.port)
+    return 0
+
+
 def device_list(text: str) -> str:
     """argparse type for --devices: GPU ids such as 0,1,3 (what CUDA_VISIBLE_DEVICES takes)."""
     ids = [d.strip() for d in text.split(",")]
@@ -290,6 +337,7 @@ def slices(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(verbs: argparse._SubParsersAction) -> None:
     from attnlab.cli import positive_int
+    from attnlab.sweep.dashboard import DEFAULT_HOST, DEFAULT_PORT
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     sweep = verbs.add_parser("sweep", help="ablation studies as Optuna studies", formatter_class=fmt)
@@ -325,6 +373,18 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=text, formatter_class=fmt)
         common(p)
         p.set_defaults(run=fn)
+    sync = sub.add_parser("sync", help="upload the study's offline W&B runs, skipping those already synced",
+                          formatter_class=fmt)
+    common(sync)
+    sync.add_argument("--parallel", type=positive_int, default=8, metavar="N", help="runs uploaded at a time")
+    sync.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    sync.set_defaults(run=cmd_sync)
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage, read-only",
+                               formatter_class=fmt)
+    common(dashboard)
+    dashboard.add_argument("--host", default=DEFAULT_HOST, help="address to serve on (0.0.0.0: every interface)")
+    dashboard.add_argument("--port", type=positive_int, default=DEFAULT_PORT)
+    dashboard.set_defaults(run=cmd_dashboard)
     export = sub.add_parser("export", help="every trial as CSV or JSON", formatter_class=fmt)
     common(export)
     export.add_argument("-o", "--output", required=True, help="file.csv or file.json")

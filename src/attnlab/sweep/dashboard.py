@@ -1,0 +1,62 @@
+"""`attnlab sweep dashboard`: optuna-dashboard on a study's storage, read-only.
+
+Safe beside running workers: SQLite is opened read-only (`mode=ro`), no table is created or
+migrated, and every request that would write (optuna-dashboard can rename, delete, tell trials
+and store notes) is refused with 405 before it reaches the storage, whatever the backend.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable
+
+READING = ("GET", "HEAD")
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080  # this machine only, unless asked
+
+
+def read_only_url(url: str) -> str:
+    """SQLite as a read-only URI (a writer's lock never waits on us); other URLs as they are."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return url
+    return f"sqlite:///file:{parsed.database}?mode=ro&uri=true"
+
+
+def read_only(app: Callable) -> Callable:
+    """A WSGI app that passes reads to `app` and refuses every other method."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD", "GET") in READING:
+            return app(environ, start_response)
+        body = json.dumps({"reason": "attnlab serves this study read-only: change it through `attnlab sweep`"})
+        start_response("405 Method Not Allowed", [("Content-Type", "application/json"), ("Allow", ", ".join(READING))])
+        return [body.encode()]
+
+    return guarded
+
+
+def dashboard_app(url: str) -> Callable:
+    """optuna-dashboard's WSGI app on the storage at `url`, read-only."""
+    import optuna_dashboard
+    from optuna.storages import RDBStorage
+
+    storage = RDBStorage(read_only_url(url), skip_table_creation=True, skip_compatibility_check=True)
+    return read_only(optuna_dashboard.wsgi(storage))
+
+
+def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Callable = print) -> None:
+    """Serve until Ctrl-C."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:  # no line per request
+            pass
+
+    with make_server(host, port, dashboard_app(url), handler_class=Quiet) as server:
+        announce(f"optuna-dashboard (read-only) on http://{host}:{server.server_port}/dashboard/ ; Ctrl-C stops it")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
