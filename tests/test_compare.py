@@ -22,8 +22,9 @@ from attnlab.sweep.storage import open_study, storage_url
 def small_study(tmp_path):
     """A study with two complete trials, as a sweep would have stored them."""
     path = tmp_path / "compare.yaml"
+    rows = [{"id": "A1", "model": {"n_heads": 1}}]
     path.write_text(yaml.safe_dump({"study": "compare", "output_dir": str(tmp_path / "studies"),
-                                    "base": {"train": {"max_steps": 1}}, "rows": [{"id": "A1", "model": {"n_heads": 1}}]}))
+                                    "base": {"train": {"max_steps": 1}}, "rows": rows}))
     study = load_study(path)
     url = storage_url(study)
     ostudy = open_study(study, url)
@@ -68,8 +69,8 @@ def free_port() -> int:
 def test_sweep_dashboard_serves_the_study_to_a_browser(small_study, tmp_path, browser):
     _, _, path = small_study
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "attnlab.cli", "sweep", "dashboard", str(path), "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "attnlab.cli", "sweep", "dashboard", str(path), "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 60
         while time.time() < deadline:

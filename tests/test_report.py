@@ -5,6 +5,7 @@ import random
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -251,3 +252,43 @@ def test_html_page_loads_without_errors_and_shows_every_table_and_figure(known_s
     browser.set_window_size(1400, min(height + 100, 12000))
     shot = report.out / "screenshot.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
+
+
+def test_report_wandb_writes_the_workspace_view_and_an_offline_report_run(known_study, tmp_path, monkeypatch):
+    from attnlab.report.wandb_view import WORKSPACE_FILE
+    from attnlab.train.wandb_offline import read_offline_run
+
+    study, url, _, _ = known_study
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    report = build_report(study, url, tmp_path / "report", formats=("md",), samples=200, wandb=True)
+    varied = report.tables.varied
+    assert varied == ["model.n_heads", "model.n_layers", "model.dropout", "model.positional"]
+    spec = json.loads((report.out / WORKSPACE_FILE).read_text())["spec"]
+    runset = spec["section"]["runSets"][0]
+    # W&B names a nested config key <section>.value.<key>: the grouping is exactly the varied fields.
+    as_config = [key.replace(".", ".value.", 1) for key in varied]
+    assert [g["name"] for g in runset["grouping"]] == as_config
+    assert all(g["section"] == "config" for g in runset["grouping"])
+    assert runset["filters"]["filters"][0]["value"] == "known"  # the study's W&B group only
+    panels = spec["section"]["panelBankConfig"]["sections"][0]["panels"]
+    by_type = {}
+    for panel in panels:
+        by_type.setdefault(panel["viewType"], []).append(panel["config"])
+    [parallel] = by_type["Parallel Coordinates Plot"]
+    assert [c["accessor"] for c in parallel["columns"]] == [f"config:{k}" for k in as_config] + ["summary:final/bleu"]
+    assert [p["metrics"] for p in by_type["Run History Line Plot"]] == [["val/bleu"], ["val/ppl"]]
+    assert len(by_type["Weave"]) == 2  # the per-head attention table and the samples
+    [offline] = list((report.out / "wandb").glob("offline-run-*"))
+    run = read_offline_run(offline)
+    for _ in range(50):  # seen once: the log read before wandb's service had written all of it
+        if "exit_code" in run and run["run"]:
+            break
+        time.sleep(0.2)
+        run = read_offline_run(offline)
+    assert run["run"]["group"] == "known" and run["run"]["job_type"] == "report"
+    logged = {"/".join(key.split("/")[:2]) for key in set().union(*run["history"])}  # tables, images: nested
+    assert {"report/variants", "report/attention"} <= logged
+    assert {f"figures/{p.stem}" for p in report.files if p.suffix == ".png"} <= logged
+    assert "Against the paper" not in run["summary"].get("agreement", "") and "agrees" in run["summary"]["agreement"]

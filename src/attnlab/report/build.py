@@ -54,7 +54,8 @@ def status_lines(study: Study, frame: pd.DataFrame) -> list[str]:
 
 
 def build_report(study: Study, url: str, out: str | Path | None = None, formats: tuple[str, ...] = FORMATS,
-                 split: str | None = None, test: str = "bs", samples: int = 0, links: bool = False) -> Report:
+                 split: str | None = None, test: str = "bs", samples: int = 0, links: bool = False,
+                 wandb: bool = False) -> Report:
     out = Path(out) if out else Path(study.output_dir) / study.name / "report"
     frame = trial_frame(study, url)
     tables = variant_table(study, frame, split, test, samples)
@@ -88,4 +89,8 @@ def build_report(study: Study, url: str, out: str | Path | None = None, formats:
         files += [out / "variants.csv", out / "attention.csv"]
     if "html" in formats:
         write("report.html", render.html_page(title, study.description, tables, cap, status, figures))
+    if wandb:
+        from attnlab.report.wandb_view import publish
+
+        status += publish(study, tables, out, figures)
     return Report(out=out, files=files + figures, tables=tables, frame=frame, status=status)

@@ -23,8 +23,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         check_writable_folder(args.out, "--out")
     study, url = existing_study_url(args)  # every problem of the file, before anything is read
     definitions.refuse_if_changed(open_existing(study, url), study, "report")
-    report = build_report(study, url, args.out, formats, args.split, args.test, args.samples, args.wandb_links)
+    report = build_report(study, url, args.out, formats, args.split, args.test, args.samples, args.wandb_links,
+                          wandb=args.wandb)
     print(f"study {study.name!r} on {redact(url)}: " + " ".join(report.status[:2]))
+    for line in report.status:
+        if line.startswith("W&B"):
+            print(line)
     print(f"report -> {report.out}/ ({', '.join(p.name for p in report.files if p.parent == report.out)}; "
           f"{sum(p.suffix == '.png' for p in report.files)} figures)")
     return 0
@@ -48,4 +52,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                    help="resamples/trials of the test (0: sacreBLEU's default)")
     p.add_argument("--wandb-links", action="store_true",
                    help="link each row's seeds to their W&B runs (needs logging.entity or $WANDB_ENTITY)")
+    p.add_argument("--wandb", action="store_true",
+                   help="save a W&B workspace view of the study (offline: its JSON beside the report) and log the "
+                        "report's tables and figures as a W&B run of the study's group (job type report)")
     p.set_defaults(run=cmd_report)

@@ -123,8 +123,9 @@ def head_heatmaps(study: Study, frame: pd.DataFrame, directory: Path) -> list[Pa
         data = data[["kind", "layer", "head", *stats]]
         data.insert(0, "row", row)
         layers, heads = int(data["layer"].max()) + 1, int(data["head"].max()) + 1
-        fig, axes = plt.subplots(len(KINDS), len(stats), squeeze=False,
-                                 figsize=(2.6 * len(stats) + max(0, heads - 8) * 0.25,
+        # constrained layout gives each colorbar its own room: no tick label runs into the next panel
+        fig, axes = plt.subplots(len(KINDS), len(stats), squeeze=False, layout="constrained",
+                                 figsize=(2.9 * len(stats) + max(0, heads - 8) * 0.25,
                                           1.1 * len(KINDS) * max(layers, 2) / 2 + 1))
         for i, kind in enumerate(KINDS):
             part = data[data["kind"] == kind]
@@ -132,7 +133,7 @@ def head_heatmaps(study: Study, frame: pd.DataFrame, directory: Path) -> list[Pa
                 ax = axes[i][j]
                 grid = part.pivot(index="layer", columns="head", values=stat).reindex(range(layers))
                 image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis")
-                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+                fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03).ax.tick_params(labelsize=6)
                 ax.set_xticks(range(heads))
                 ax.set_yticks(range(layers))
                 ax.tick_params(labelsize=6)
