@@ -292,3 +292,25 @@ def test_report_wandb_writes_the_workspace_view_and_an_offline_report_run(known_
     assert {"report/variants", "report/attention"} <= logged
     assert {f"figures/{p.stem}" for p in report.files if p.suffix == ".png"} <= logged
     assert "Against the paper" not in run["summary"].get("agreement", "") and "agrees" in run["summary"]["agreement"]
+
+
+def test_the_main_column_follows_the_studys_metric(known_study, tmp_path):
+    from attnlab.report.render import display_frame
+
+    study, url, _, _ = known_study
+    path = Path(study.path)
+    path.write_text(path.read_text().replace("paper_table3: true", "paper_table3: true\nmetric: val_ppl"))
+    study = load_study(path)
+    assert study.direction == "minimize"  # PPL is better lower
+    report = build_report(study, url, tmp_path / "report", samples=200)
+    v = report.tables.variants.set_index("row")
+    # Deltas of PPL over the seeds both rows completed: A1 (7 - 6, 7.5 - 5), D1 4 - 6.
+    assert v.loc["A1", "delta"] == pytest.approx(1.75) and v.loc["D1", "delta"] == pytest.approx(-2.0)
+    assert pd.isna(v.loc["A1", "p_value"]) and any("no significance test for PPL" in n for n in report.tables.notes)
+    shown = display_frame(report.tables).set_index("row")
+    assert shown.loc["base", "PPL (dev)"] == "5.50 ± 0.71 (2)" and shown.loc["A1", "ΔPPL"] == "+1.75"
+    assert "ΔBLEU" not in shown and shown.loc["base", "BLEU"] == "31.00"
+    # Worse PPL (A1) goes the way of the paper's worse BLEU; better PPL (D1) does not; no change (C2) does not.
+    assert report.tables.agreement.startswith("The direction of the PPL change (better or worse, against BLEU) "
+                                              "agrees with the paper's for 1 of 3 rows")
+    assert "PPL on the validation split, mean ± std" in (report.out / "README.md").read_text()

@@ -25,6 +25,8 @@ class Metric:
     header: str  # report column header
     digits: int  # decimals shown in reports
     direction: Direction
+    column: str  # its column in a report's variant table (<column>, <column>_std)
+    per_split: bool  # scored on every evaluation split (BLEU, chrF), or on the validation split only
 
     @property
     def better(self) -> str:
@@ -37,10 +39,10 @@ class Metric:
 
 MetricName = Literal["bleu", "chrf", "val_loss", "val_ppl"]
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("bleu", "val/bleu", "BLEU", 2, "maximize"),
-    Metric("chrf", "val/chrf", "chrF", 1, "maximize"),
-    Metric("val_loss", "val/loss", "loss", 3, "minimize"),
-    Metric("val_ppl", "val/ppl", "PPL", 2, "minimize"),
+    Metric("bleu", "val/bleu", "BLEU", 2, "maximize", "bleu", True),
+    Metric("chrf", "val/chrf", "chrF", 1, "maximize", "chrf", True),
+    Metric("val_loss", "val/loss", "loss", 3, "minimize", "loss", False),
+    Metric("val_ppl", "val/ppl", "PPL", 2, "minimize", "ppl", False),
 )}
 
 

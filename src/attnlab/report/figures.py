@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from attnlab.analysis import STATS  # noqa: E402
 from attnlab.report.collect import head_statistics, run_path  # noqa: E402
-from attnlab.report.tables import KINDS, Tables, config_value, short_name  # noqa: E402
+from attnlab.report.tables import KINDS, Tables, config_value, frame_column, short_name  # noqa: E402
 from attnlab.sweep.spec import Study  # noqa: E402
 from attnlab.train.history import read_history  # noqa: E402
 
@@ -40,9 +40,11 @@ def _save(fig: plt.Figure, data: pd.DataFrame, directory: Path, stem: str) -> Pa
 
 
 def axis_figures(study: Study, tables: Tables, frame: pd.DataFrame, directory: Path) -> list[Path]:
-    """For every field that rows vary alone: BLEU (mean +- std over seeds) against its value, base included."""
+    """For every field that rows vary alone: the study's metric (mean +- std over seeds) against its
+    value, base included."""
     complete = frame[frame["state"] == "COMPLETE"] if len(frame) else frame
-    score = "bleu" if tables.split == study.base.data.valid_split else f"bleu:{tables.split}"
+    metric = tables.metric
+    score = frame_column(study, tables.split, metric)
     paths = []
     for key in tables.varied:
         points = []
@@ -55,13 +57,14 @@ def axis_figures(study: Study, tables: Tables, frame: pd.DataFrame, directory: P
             if not isinstance(value, (int, float, str, bool)):
                 value = json.dumps(value)  # lists (e.g. adam_betas) plot as categories
             for _, t in trials.iterrows():
-                points.append({"row": row, short_name(key): value, "seed": t["seed"], "bleu": float(t[score])})
+                points.append({"row": row, short_name(key): value, "seed": t["seed"], metric.name: float(t[score])})
         rows = {p["row"] for p in points}
         if len(rows) < 2:
             continue
         data = pd.DataFrame(points)
         x = short_name(key)
-        stats = data.groupby(["row", x], sort=False, dropna=False)["bleu"].agg(["mean", "std", "count"]).reset_index()
+        stats = data.groupby(["row", x], sort=False, dropna=False)[metric.name].agg(["mean", "std", "count"]) \
+            .reset_index()
         numeric = pd.api.types.is_numeric_dtype(stats[x]) and stats[x].notna().all()
         stats = stats.sort_values(x) if numeric else stats
         fig, ax = plt.subplots(figsize=(4.2, 3.2))
@@ -75,7 +78,7 @@ def axis_figures(study: Study, tables: Tables, frame: pd.DataFrame, directory: P
         for pos, (_, s) in zip(positions, stats.iterrows()):
             ax.annotate(s["row"], (pos, s["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel(x)
-        ax.set_ylabel(f"BLEU ({tables.split})")
+        ax.set_ylabel(f"{metric.header} ({tables.split if metric.per_split else 'validation'})")
         ax.set_title(f"{study.name}: {x}", fontsize=9)
         ax.grid(alpha=0.3)
         paths.append(_save(fig, data, directory, f"axis_{_safe(x)}"))

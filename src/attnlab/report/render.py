@@ -12,6 +12,7 @@ import pandas as pd
 
 from attnlab.report.significance import TESTS
 from attnlab.report.tables import ALPHA, KINDS, STATS, Tables
+from attnlab.results import METRICS
 
 DASH = "–"
 
@@ -22,9 +23,17 @@ def _num(value: Any, digits: int = 2, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def _with_std(r: dict[str, Any], column: str, digits: int, seeds: int) -> str:
+    """ "mean ± std" over seeds (the mean alone for one seed)."""
+    std = r.get(f"{column}_std")
+    spread = f" ± {std:.{digits}f}" if seeds > 1 and std is not None and not math.isnan(std) else ""
+    return _num(r[column], digits) + spread
+
+
 def display_frame(tables: Tables, link=None, escape=lambda text: text) -> pd.DataFrame:
-    """The variant table as text cells: BLEU "mean ± std (n)", delta with its marker; with
-    `link(text, url)` and W&B links, a column linking each seed's run."""
+    """The variant table as text cells: the study's metric "mean ± std (n)", its delta with the
+    significance marker, the other scores; with `link(text, url)` and W&B links, a column
+    linking each seed's run."""
     v = tables.variants
     paper = "paper_bleu" in v
     records = []
@@ -39,11 +48,16 @@ def display_frame(tables: Tables, link=None, escape=lambda text: text) -> pd.Dat
         seeds = int(r["seeds"])
         small = r["params_M"] is not None and not math.isnan(r["params_M"]) and r["params_M"] < 10
         record["params (M)"] = _num(r["params_M"], 2 if small else 1)
-        record["PPL (dev)"] = _num(r["ppl"]) + (f" ± {r['ppl_std']:.2f}" if seeds > 1 else "")
-        bleu = _num(r["bleu"]) + (f" ± {r['bleu_std']:.2f}" if seeds > 1 else "")
-        record["BLEU"] = f"{bleu} ({seeds})" if seeds else "not run" if not r["failed"] + r["pruned"] else "no result"
-        record["chrF"] = _num(r["chrf"], 1)
-        record["ΔBLEU"] = _num(r["delta"], signed=True) + (r["sig"] or "")
+        metric = tables.metric
+        main_header = "PPL (dev)" if metric.column == "ppl" else metric.header
+        record["PPL (dev)"] = _with_std(r, "ppl", 2, seeds)  # first, as in the paper's table
+        main = _with_std(r, metric.column, metric.digits, seeds)
+        record[main_header] = f"{main} ({seeds})" if seeds else \
+            "not run" if not r["failed"] + r["pruned"] else "no result"
+        for other in ("bleu", "chrf"):
+            if other != metric.column:
+                record[METRICS[other].header] = _num(r[other], METRICS[other].digits)
+        record[f"Δ{metric.header}"] = _num(r["delta"], metric.digits, signed=True) + (r["sig"] or "")
         record["p"] = DASH if r["p_value"] is None or math.isnan(r["p_value"]) else f"{r['p_value']:.3f}"
         if paper:
             record["paper PPL"] = _num(r["paper_ppl"])
@@ -78,9 +92,11 @@ def attention_display(tables: Tables) -> pd.DataFrame:
 
 def caption(study_name: str, tables: Tables, beam: int) -> str:
     test = TESTS.get(tables.test_signature.split("|")[1].split(":")[0], "") if tables.test_signature else ""
-    parts = [f"{study_name}: BLEU on {tables.split} (beam {beam}), mean ± std over seeds (number of seeds); "
-             f"PPL on the validation split; params in millions. ΔBLEU: mean over the seeds both rows completed "
-             f"of (row - base); "
+    metric = tables.metric
+    where = f"{tables.split} (beam {beam})" if metric.per_split else "the validation split"
+    parts = [f"{study_name}: {metric.header} on {where}, mean ± std over seeds (number of seeds); "
+             f"PPL on the validation split; params in millions. Δ{metric.header}: mean over the seeds both rows "
+             f"completed of (row - base); "
              f"* p < {ALPHA}, ** p < 0.01"]
     if test:
         parts.append(f"by sacreBLEU's {test} on the seed-matched hypotheses ({tables.test_signature})")
@@ -118,7 +134,7 @@ TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}  # OT1 prints <>| wrongly
 TEX_HEADERS = {"N": "$N$", "d_model": "$d_{model}$", "d_ff": "$d_{ff}$", "h": "$h$", "d_k": "$d_k$", "d_v": "$d_v$",
-               "P_drop": "$P_{drop}$", "eps_ls": r"$\epsilon_{ls}$", "ΔBLEU": r"$\Delta$BLEU",
+               "P_drop": "$P_{drop}$", "eps_ls": r"$\epsilon_{ls}$",
                "paper ΔBLEU": r"paper $\Delta$BLEU", "p": "$p$"}
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
 TESTS = {"bs": "paired bootstrap resampling", "ar": "approximate randomization"}
+SENTENCE_METRICS = {"bleu": ("BLEU", lambda: BLEU(force=True)), "chrf": ("chrF2", CHRF)}  # what the tests resample
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,10 @@ class Significance:
 
 
 def paired_test(base: list[list[str]], system: list[list[str]], references: list[str], test: str = "bs",
-                samples: int = 0) -> Significance:
-    """p-value of `system` against `base`: both lists hold one hypothesis list per seed, in the
-    same seed order; `references` are the split's references (once)."""
+                samples: int = 0, metric: str = "bleu") -> Significance:
+    """p-value of `system` against `base` on `metric` (bleu or chrf): both lists hold one
+    hypothesis list per seed, in the same seed order; `references` are the split's references
+    (once)."""
     if test not in TESTS:
         raise ValueError(f"significance test {test!r} is not one of {', '.join(TESTS)}")
     if not base or len(base) != len(system):
@@ -39,15 +41,16 @@ def paired_test(base: list[list[str]], system: list[list[str]], references: list
     base_all = [h for hyps in base for h in hyps]
     system_all = [h for hyps in system for h in hyps]
     refs_all = references * len(base)
-    signatures, scores = PairedTest([("base", base_all), ("system", system_all)], {"BLEU": BLEU(force=True)},
+    name, make = SENTENCE_METRICS[metric]
+    signatures, scores = PairedTest([("base", base_all), ("system", system_all)], {name: make()},
                                     [refs_all], test_type=test, n_samples=samples)()
-    base_score, score = scores["BLEU"]
+    base_score, score = scores[name]
     delta = float(score.score - base_score.score)
     # sacreBLEU counts resamples whose difference strictly exceeds the observed one, so a
     # difference of exactly zero (identical outputs) comes out "significant" (p = 1/(n+1)).
     # No difference is no evidence of one: p = 1.
     p_value = 1.0 if delta == 0 else float(score.p_value)
-    return Significance(p_value=p_value, delta=delta, seeds=len(base), signature=str(signatures["BLEU"]))
+    return Significance(p_value=p_value, delta=delta, seeds=len(base), signature=str(signatures[name]))
 
 
 def marker(p_value: float | None) -> str:

@@ -17,7 +17,7 @@ from attnlab.fields import flatten
 from attnlab.paper import table3_rows
 from attnlab.report.collect import head_statistics, run_path
 from attnlab.report.significance import Significance, marker, paired_test
-from attnlab.results import hypotheses_file
+from attnlab.results import METRICS, Metric, hypotheses_file
 from attnlab.sweep.spec import Study
 
 # Dotted config field -> the paper's column name (others show their last part).
@@ -57,6 +57,8 @@ class Tables:
     varied: list[str]
     variants: pd.DataFrame
     attention: pd.DataFrame
+    metric: Metric = METRICS["bleu"]
+    """The study's metric: the main column, its delta, significance and agreement."""
     significance: dict[str, Significance | None] = field(default_factory=dict)
     test_signature: str = ""
     bleu_signature: str = ""
@@ -66,8 +68,11 @@ class Tables:
     """Row -> [(seed, W&B run URL)], with --wandb-links."""
 
 
-def _score_column(study: Study, split: str) -> str:
-    return "bleu" if split == study.base.data.valid_split else f"bleu:{split}"
+def frame_column(study: Study, split: str, metric: Metric) -> str | None:
+    """The trial frame's column of `metric` on `split` (None: not measured there)."""
+    if split == study.base.data.valid_split:
+        return metric.name
+    return f"{metric.name}:{split}" if metric.per_split else None
 
 
 def _hypotheses(study: Study, trial: pd.Series, split: str) -> list[str] | None:
@@ -83,13 +88,17 @@ def _references(study: Study, split: str) -> list[str]:
 
 
 def significance_against_base(study: Study, complete: pd.DataFrame, split: str, test: str = "bs",
-                              samples: int = 0) -> tuple[dict[str, Significance | None], list[str]]:
-    """Paired test of every row against the base row, over the seeds both completed."""
+                              samples: int = 0, metric: Metric = METRICS["bleu"],
+                              ) -> tuple[dict[str, Significance | None], list[str]]:
+    """Paired test of every row against the base row on `metric`, over the seeds both completed."""
     results: dict[str, Significance | None] = {}
     notes: list[str] = []
     base = complete[complete["row"] == "base"]
     if base.empty:
         return results, (["no complete base row: no deltas or significance"] if not study.tuning else [])
+    if not metric.per_split:
+        return results, [f"no significance test for {metric.header}: sacreBLEU's paired tests resample "
+                         "sentences, and it is not a sentence-level score (BLEU and chrF are)"]
     references = None
     for row, trials in complete.groupby("row", sort=False):
         if row == "base":
@@ -109,7 +118,8 @@ def significance_against_base(study: Study, complete: pd.DataFrame, split: str, 
             continue
         references = references or _references(study, split)
         try:
-            results[row] = paired_test([b for b, _ in pairs], [s for _, s in pairs], references, test, samples)
+            results[row] = paired_test([b for b, _ in pairs], [s for _, s in pairs], references, test, samples,
+                                       metric.name)
         except ValueError as error:  # e.g. a row that changes the evaluation data
             results[row] = None
             notes.append(f"{row}: no significance test ({error})")
@@ -122,16 +132,21 @@ def _fmt_change(value: Any) -> Any:
 
 def variant_table(study: Study, frame: pd.DataFrame, split: str | None = None, test: str = "bs",
                   samples: int = 0) -> Tables:
-    """One row per variant (in the study's order): changed fields, params, dev PPL, BLEU over
-    seeds, chrF, delta and p-value against base, and the paper's numbers where rows map."""
+    """One row per variant (in the study's order): changed fields, params, every metric over
+    seeds (mean, std), the study's metric's delta and p-value against base, and the paper's
+    numbers where rows map."""
     split = split or study.base.data.valid_split
-    score = _score_column(study, split)
-    chrf = "chrf" if score == "bleu" else f"chrf:{split}"
+    metric = METRICS[study.metric]
+    score = frame_column(study, split, metric)
+    if score is None:
+        raise ConfigError(f"--split {split!r}: the study's metric {metric.name} is measured on the validation split "
+                          f"({study.base.data.valid_split}) only; report that split, or a study of bleu or chrf")
     complete = frame[frame["state"] == "COMPLETE"] if len(frame) else frame
     if len(complete) and score not in complete:
         valid = sorted(c.split(":", 1)[1] for c in complete.columns if c.startswith("bleu:"))
         raise ConfigError(f"--split {split!r} was not scored by this study's trials; scored splits: "
                          f"{', '.join(valid) or 'none'}")
+    measured = {m.column: c for m in METRICS.values() if (c := frame_column(study, split, m)) in complete}
     rows = list(study.rows) if not study.tuning else []
     row_ids = [r.id for r in rows] + [r for r in dict.fromkeys(frame["row"]) if r not in {x.id for x in rows}] \
         if len(frame) else [r.id for r in rows]
@@ -141,11 +156,12 @@ def variant_table(study: Study, frame: pd.DataFrame, split: str | None = None, t
             stored = frame[frame["row"] == r]["changes"]
             changes[r] = json.loads(stored.iloc[0]) if len(stored) and stored.iloc[0] else {}
     varied = list(dict.fromkeys(k for c in changes.values() for k in c))
-    sig, notes = significance_against_base(study, complete, split, test, samples) if len(complete) else ({}, [])
+    sig, notes = significance_against_base(study, complete, split, test, samples, metric) \
+        if len(complete) else ({}, [])
     paper = {p.id: p for p in table3_rows()} if study.paper_table3 else {}
     paper_base = paper.get("base")
     records = []
-    base_bleu = None
+    base_score = None
     for r in row_ids:
         trials = complete[complete["row"] == r] if len(complete) else complete
         if len(trials):
@@ -158,20 +174,18 @@ def variant_table(study: Study, frame: pd.DataFrame, split: str | None = None, t
             else:
                 record[short_name(key)] = _fmt_change(changes[r].get(key)) if key in changes[r] else None
         n = len(trials)
-        scores = trials[score].astype(float) if n else pd.Series(dtype=float)
+        record["params_M"] = float(trials["params"].iloc[0]) / 1e6 if n else None
+        for name in ("ppl", "bleu", "chrf", "loss"):
+            values = trials[measured[name]].astype(float) if n and name in measured else pd.Series(dtype=float)
+            record[name] = float(values.mean()) if n and name in measured else None
+            record[f"{name}_std"] = float(values.std()) if n > 1 and values.notna().all() else None
         record.update({
-            "params_M": float(trials["params"].iloc[0]) / 1e6 if n else None,
-            "ppl": float(trials["val_ppl"].mean()) if n else None,
-            "ppl_std": float(trials["val_ppl"].std()) if n > 1 and trials["val_ppl"].notna().all() else None,
-            "bleu": float(scores.mean()) if n else None,
-            "bleu_std": float(scores.std()) if n > 1 else None,
             "seeds": n,
-            "chrf": float(trials[chrf].astype(float).mean()) if n else None,
             "failed": int((all_trials["state"] == "FAIL").sum()) if len(all_trials) else 0,
             "pruned": int((all_trials["state"] == "PRUNED").sum()) if len(all_trials) else 0,
         })
         if r == "base":
-            base_bleu = record["bleu"]
+            base_score = record[metric.column]
         test_result = sig.get(r)
         record["p_value"] = test_result.p_value if test_result else None
         record["sig"] = marker(record["p_value"])
@@ -183,20 +197,20 @@ def variant_table(study: Study, frame: pd.DataFrame, split: str | None = None, t
                                      if p and r != "base" and p.bleu_dev is not None else None)
         records.append(record)
     for record in records:
-        record["delta"] = _delta(complete, record["row"], score) if base_bleu is not None else None
+        record["delta"] = _delta(complete, record["row"], score) if base_score is not None else None
     columns = ["row", *[short_name(k) for k in varied], "params_M", "ppl", "ppl_std", "bleu", "bleu_std", "seeds",
-               "chrf", "delta", "p_value", "sig", "failed", "pruned"]
+               "chrf", "chrf_std", "loss", "loss_std", "delta", "p_value", "sig", "failed", "pruned"]
     if paper:
         columns += ["paper_ppl", "paper_bleu", "paper_delta"]
     variants = pd.DataFrame.from_records(records, columns=columns)
     signatures = [s.signature for s in sig.values() if s]
     bleu_signature = next((s for s in complete.get("sacrebleu_signature", []) if isinstance(s, str) and s), "") \
-        if score == "bleu" else ""
+        if split == study.base.data.valid_split else ""
     tables = Tables(split=split, varied=varied, variants=variants, attention=attention_table(study, complete),
-                    significance=sig, test_signature=signatures[0] if signatures else "",
+                    metric=metric, significance=sig, test_signature=signatures[0] if signatures else "",
                     bleu_signature=bleu_signature, notes=notes)
     if paper:
-        tables.agreement = agreement(variants)
+        tables.agreement = agreement(variants, metric)
     return tables
 
 
@@ -211,14 +225,19 @@ def _delta(complete: pd.DataFrame, row: str, score: str) -> float | None:
     return float((ours[common] - base[common]).mean()) if len(common) else None
 
 
-def agreement(variants: pd.DataFrame) -> str:
-    """How often the sign of our BLEU delta matches the paper's, and how often significantly."""
+def agreement(variants: pd.DataFrame, metric: Metric = METRICS["bleu"]) -> str:
+    """How often our change of the study's metric goes the way the paper's BLEU went (better or
+    worse), and how often significantly."""
     mapped = variants[variants["paper_delta"].notna() & variants["delta"].notna()]
     directional = mapped[mapped["paper_delta"] != 0]
-    agree = directional[(directional["delta"] * directional["paper_delta"]) > 0]
+    same_way = pd.Series([d != 0 and metric.improves(d) == (p > 0)
+                          for d, p in zip(directional["delta"], directional["paper_delta"])],
+                         index=directional.index, dtype=bool)
+    agree = directional[same_way]
     significant = agree[agree["p_value"].notna() & (agree["p_value"] < ALPHA)]
     flat = len(mapped) - len(directional)
-    return (f"The direction of the BLEU change agrees with the paper's for {len(agree)} of {len(directional)} rows; "
+    ours = "BLEU change" if metric.name == "bleu" else f"{metric.header} change (better or worse, against BLEU)"
+    return (f"The direction of the {ours} agrees with the paper's for {len(agree)} of {len(directional)} rows; "
             f"significantly (p < {ALPHA}) for {len(significant)} of them"
             + (f" ({flat} row(s) left out: the paper's BLEU does not change there)." if flat else ".")
             + " The paper's numbers are newstest2013 (WMT'14 en-de) at its own sizes and 100k steps: compare"
