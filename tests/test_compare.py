@@ -55,6 +55,8 @@ def test_the_dashboard_lists_the_study_and_its_trials_and_writes_nothing(small_s
     trials = json.loads(body)["trials"]
     assert sorted(t["values"][0] for t in trials) == [24.0, 25.0]
     assert {a["key"] for t in trials for a in t["user_attrs"]} >= {"row", "seed", "bleu"}
+    code, body = call(app, f"/api/studies/{summary['study_id']}/param_importances")  # rows are not parameters
+    assert code.startswith("200") and json.loads(body) == {"param_importances": [[]]}
     for method in ("POST", "PUT", "DELETE"):  # renaming, telling, deleting: refused before the storage
         assert call(app, f"/api/studies/{summary['study_id']}", method)[0].startswith("405")
     assert database.read_bytes() == before
@@ -85,6 +87,13 @@ def test_sweep_dashboard_serves_the_study_to_a_browser(small_study, tmp_path, br
         while "compare" not in browser.find_element("tag name", "body").text and time.time() < deadline:
             time.sleep(0.3)
         assert "compare" in browser.find_element("tag name", "body").text
+        browser.get(f"http://127.0.0.1:{port}/dashboard/studies/1")  # its history, trials, importances
+        deadline = time.time() + 30
+        while "History" not in browser.find_element("tag name", "body").text and time.time() < deadline:
+            time.sleep(0.3)
+        time.sleep(1)
+        text = browser.find_element("tag name", "body").text
+        assert "History" in text and "Failed" not in text
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
         shot = tmp_path / "dashboard.png"

@@ -8,6 +8,7 @@ and store notes) is refused with 405 before it reaches the storage, whatever the
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable, Iterable
 
 READING = ("GET", "HEAD")
@@ -37,13 +38,37 @@ def read_only(app: Callable) -> Callable:
     return guarded
 
 
+IMPORTANCES = re.compile(r"^/api/studies/(\d+)/param_importances$")
+
+
+def without_parameters(app: Callable, storage) -> Callable:
+    """Importances of a study whose trials have no parameters are none (an ablation study's
+    rows are fixed, not suggested): optuna-dashboard 0.21 divides by zero there instead."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        match = IMPORTANCES.match(environ.get("PATH_INFO", ""))
+        if match:
+            study_id = int(match.group(1))
+            try:
+                trials = storage.get_all_trials(study_id, deepcopy=False)
+                directions = storage.get_study_directions(study_id)
+            except KeyError:
+                return app(environ, start_response)
+            if not any(t.params for t in trials):
+                start_response("200 OK", [("Content-Type", "application/json")])
+                return [json.dumps({"param_importances": [[] for _ in directions]}).encode()]
+        return app(environ, start_response)
+
+    return guarded
+
+
 def dashboard_app(url: str) -> Callable:
     """optuna-dashboard's WSGI app on the storage at `url`, read-only."""
     import optuna_dashboard
     from optuna.storages import RDBStorage
 
     storage = RDBStorage(read_only_url(url), skip_table_creation=True, skip_compatibility_check=True)
-    return read_only(optuna_dashboard.wsgi(storage))
+    return read_only(without_parameters(optuna_dashboard.wsgi(storage), storage))
 
 
 def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Callable = print) -> None:
