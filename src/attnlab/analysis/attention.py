@@ -21,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.analysis import STATS
+from attnlab.analysis import SATURATED, STATS
 from attnlab.model.transformer import ATTENTION_KINDS, Transformer
-
-SATURATED = 0.9
 
 
 def head_statistics(weights: Tensor, query_mask: Tensor, scores: Tensor | None = None) -> dict[str, Tensor]:

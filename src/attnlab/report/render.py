@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from attnlab.analysis import SATURATED
 from attnlab.report.significance import TESTS
 from attnlab.report.tables import ALPHA, KINDS, STATS, Tables
 from attnlab.results import METRICS
@@ -119,9 +120,10 @@ def markdown(title: str, description: str, tables: Tables, cap: str, status: lis
     lines += [f"- {n}" for n in tables.notes] + ([""] if tables.notes else [])
     attention = attention_display(tables)
     if not attention.empty:
-        lines += ["## Attention", "", "Mean entropy (nats), confidence (mean max weight) and distance (positions) per "
-                  "attention type; the heads whose masking raises the validation loss most (enc = encoder self, "
-                  "dec = decoder self, x = encoder-decoder; L layer, H head).", "",
+        lines += ["## Attention", "", "Mean entropy (nats), confidence (mean max weight), distance (positions), score "
+                  "sd (spread of the pre-softmax scores) and sat (share of queries whose largest weight exceeds "
+                  f"{SATURATED}) per attention type; the heads whose masking raises the validation loss most "
+                  "(enc = encoder self, dec = decoder self, x = encoder-decoder; L layer, H head).", "",
                   attention.to_markdown(index=False, disable_numparse=True), ""]
     if figures:
         lines += ["## Figures", ""]
