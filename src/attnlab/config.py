@@ -183,6 +183,9 @@ class DataConfig:
     src_lang: str = "en"
     tgt_lang: str = "de"
     train_split: str = "train"
+    train_components: tuple[str, ...] | None = None
+    """For a training split made of archives (wmt14 train: europarl_v7, commoncrawl,
+    news_commentary_v9), the ones to use, in order; None: all of them."""
     valid_split: str = "val"
     test_splits: tuple[str, ...] = ("test_2016_flickr",)
     """Evaluation splits; "corpus/split" picks another corpus, e.g. "wmt14/newstest2014"."""
@@ -229,6 +232,9 @@ class DataConfig:
         object.__setattr__(self, "test_splits", tuple(self.test_splits))
         for split in (self.train_split, self.valid_split, *self.test_splits):
             self._check_split(split)
+        if self.train_components is not None:
+            object.__setattr__(self, "train_components", tuple(self.train_components))
+            self._check_components()
 
     def _check_split(self, split: str) -> None:
         """Corpus, split and languages against the registry, so a misspelt name fails when the file
@@ -253,6 +259,20 @@ class DataConfig:
             if lang not in known.langs:
                 raise ConfigError(f"DataConfig: corpus {corpus!r} has no language {lang!r}; "
                                   f"valid: {', '.join(known.langs)}")
+
+    def _check_components(self) -> None:
+        from attnlab.data.registry import CORPORA
+
+        corpus, _, name = self.train_split.rpartition("/")
+        known = CORPORA.get(corpus or self.corpus)
+        offered = tuple(known.components) if known is not None and name == known.train_split else ()
+        if not offered:
+            raise ConfigError(f"DataConfig.train_components: {(corpus or self.corpus)!r} {name!r} is not made of "
+                              "components; leave it null")
+        unknown = [c for c in self.train_components if c not in offered]
+        if unknown or not self.train_components or len(set(self.train_components)) < len(self.train_components):
+            raise ConfigError(f"DataConfig.train_components={list(self.train_components)}: choose distinct ones "
+                              f"among {', '.join(offered)}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "data") -> DataConfig:

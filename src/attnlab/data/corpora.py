@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnlab.config import DataConfig
-from attnlab.data.fetch import DataError, cache_dir, fetch, mirror_location
+from attnlab.data.fetch import DataError, cache_dir, fetch, fetch_component, mirror_location
 from attnlab.data.registry import CORPORA
 
 # Multi30k train.de lines 16,510 and 16,664 hold this instead of a translation.
@@ -116,9 +116,29 @@ def _read_split(config: DataConfig, split: str) -> tuple[list[str], list[str], t
         if lang not in corpus.langs:
             raise DataError(f"corpus {corpus_name!r} has no language {lang!r}; valid: {', '.join(corpus.langs)}")
     cache, mirror = cache_dir(config.cache_dir), mirror_location(config.mirror)
+    if corpus.components and name == corpus.train_split:
+        return _read_components(config, corpus, cache, mirror)
     src_path = fetch(corpus.file(name, config.src_lang), cache, mirror)
     tgt_path = fetch(corpus.file(name, config.tgt_lang), cache, mirror)
     return *read_pair(src_path, tgt_path), (str(src_path), str(tgt_path))
+
+
+def _read_components(config: DataConfig, corpus, cache: Path, mirror: str | None
+                     ) -> tuple[list[str], list[str], tuple[str, ...]]:
+    """A training split made of archives: the chosen components' pairs, one after the other.
+    Its files are named "a.en+b.en" (source) and "a.de+b.de" (target): line numbers in
+    messages count through the concatenation."""
+    src, tgt, src_files, tgt_files = [], [], [], []
+    for name in config.train_components or tuple(corpus.components):
+        component = corpus.components[name]
+        paths = [fetch_component(corpus.name, component, lang, cache, mirror)
+                 for lang in (config.src_lang, config.tgt_lang)]
+        s, t = read_pair(*paths)
+        src += s
+        tgt += t
+        src_files.append(str(paths[0]))
+        tgt_files.append(str(paths[1]))
+    return src, tgt, ("+".join(src_files), "+".join(tgt_files))
 
 
 def normalise_space(text: str) -> str:

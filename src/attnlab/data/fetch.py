@@ -21,11 +21,12 @@ from typing import Iterator
 
 from filelock import FileLock
 
-from attnlab.data.registry import SplitFile
+from attnlab.data.registry import Component, SplitFile
 from attnlab.errors import DataError
 
 MIRROR_ENV = "ATTNLAB_DATA_MIRROR"
 CACHE_ENV = "ATTNLAB_CACHE"
+CHUNK = 1 << 20  # archives are streamed: hundreds of MB never sit in memory
 
 
 
@@ -127,4 +128,80 @@ def fetch(spec: SplitFile, cache: Path, mirror: str | None = None) -> Path:
             text = _fetch_text(spec, mirror)
             with atomic_write(target) as f:
                 f.write(text)
+    return target
+
+
+# -- training archives (wmt14) ---------------------------------------------------------------
+def _open(location: str):
+    """A binary stream of a URL or a local file; a DataError naming it when it cannot be opened."""
+    if re.match(r"^https?://", location):
+        try:
+            return urllib.request.urlopen(location, timeout=60)
+        except OSError as error:
+            raise DataError(f"could not download {location}: {error}") from error
+    try:
+        return open(location, "rb")
+    except FileNotFoundError:
+        raise DataError(f"missing file {location}") from None
+
+
+def fetch_archive(corpus: str, component: Component, cache: Path, mirror: str | None = None) -> Path:
+    """The component's archive in the cache, checked by size and sha256 while it streams in;
+    a short, long or altered archive is refused and leaves no file behind."""
+    target = cache / "archives" / corpus / component.file_name
+    if target.exists():
+        return target
+    where = _join(mirror, f"{corpus}/{component.file_name}") if mirror else component.url
+    with locked(target):
+        if target.exists():
+            return target
+        digest, size = hashlib.sha256(), 0
+        with atomic_write(target) as out, _open(where) as stream:
+            try:
+                while chunk := stream.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if size > component.size:
+                        break
+                    out.write(chunk)
+            except OSError as error:  # a connection cut mid-way
+                raise DataError(f"could not download {where}: {error}") from error
+            if size != component.size:
+                raise DataError(f"{where}: {'more than ' if size > component.size else ''}{size:,} bytes, expected "
+                                f"{component.size:,} ({component.name}): a truncated or different archive; nothing "
+                                "kept, run again to fetch it anew")
+            if digest.hexdigest() != component.sha256:
+                raise DataError(f"checksum mismatch for {where}: sha256 {digest.hexdigest()}, expected "
+                                f"{component.sha256} ({component.name}); nothing kept")
+    return target
+
+
+def fetch_component(corpus: str, component: Component, lang: str, cache: Path, mirror: str | None = None) -> Path:
+    """One side of a component as plain text in the cache, extracted from its checked archive
+    (streamed, atomic, under the lock) and its line count checked."""
+    target = cache / "corpora" / corpus / "components" / f"{component.name}.{lang}"
+    if target.exists():
+        return target
+    archive = fetch_archive(corpus, component, cache, mirror)
+    member = component.members[lang]
+    with locked(target):
+        if target.exists():
+            return target
+        lines = 0
+        with atomic_write(target) as out:
+            try:
+                with tarfile.open(archive, mode="r:gz") as tar:
+                    source = tar.extractfile(member)
+                    if source is None:
+                        raise KeyError(member)
+                    while chunk := source.read(CHUNK):
+                        lines += chunk.count(b"\n")
+                        out.write(chunk)
+            except KeyError:
+                raise DataError(f"{archive}: no member {member!r} ({component.name}, {lang})") from None
+            except (tarfile.TarError, OSError, EOFError) as error:
+                raise DataError(f"{archive}: cannot be read as a .tgz ({error}); delete it and run again") from None
+            if lines != component.lines:
+                raise DataError(f"{archive}:{member} has {lines:,} lines, expected {component.lines:,} "
+                                f"({component.name}); nothing kept")
     return target

@@ -65,6 +65,25 @@ class SplitFile:
 
 
 @dataclass(frozen=True)
+class Component:
+    """One public archive of a corpus's training text (WMT's .tgz files): checked by size and
+    sha256 before anything is read from it. A mirror holds it as `<corpus>/<file name>`."""
+
+    name: str
+    url: str
+    size: int
+    sha256: str
+    members: dict[str, str]
+    """Language -> the member of the archive holding that side."""
+    lines: int
+    """Sentence pairs in the members."""
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
 class Corpus:
     name: str
     description: str
@@ -75,6 +94,8 @@ class Corpus:
     terms: str = ""
     langs: tuple[str, str] = ("en", "de")
     files: dict[tuple[str, str], SplitFile] = field(default_factory=dict, compare=False)
+    components: dict[str, Component] = field(default_factory=dict, compare=False)
+    """The archives the training split is made of (wmt14), in their order; empty: one file per language."""
 
     def file(self, split: str, lang: str) -> SplitFile:
         return self.files[(split, lang)]
@@ -98,17 +119,38 @@ def _source(corpus: str, split: str, lang: str) -> Source:
     raise KeyError(corpus)
 
 
-def _corpus(name: str, description: str, train_split: str | None, **kwargs) -> Corpus:
-    splits = tuple(dict.fromkeys(s for (c, s, _) in _SUMS if c == name))
+_STATMT = "http://www.statmt.org"
+# WMT14 en-de training text, as the WMT14 task page and fairseq, tensor2tensor and Hugging Face's
+# wmt14 name it. Sizes and sha256 as TensorFlow Datasets' url_checksums/wmt14_translate.txt and
+# Hugging Face datasets' wmt14 dataset_infos.json (statmt.org version) publish them; pairs as counted
+# with `wc -l` (both sides agree).
+WMT14_TRAIN = (
+    Component("europarl_v7", f"{_STATMT}/wmt13/training-parallel-europarl-v7.tgz", 657_632_379,
+              "0224c7c710c8a063dfd893b0cc0830202d61f4c75c17eb8e31836103d27d96e7",
+              {"de": "training/europarl-v7.de-en.de", "en": "training/europarl-v7.de-en.en"}, 1_920_209),
+    Component("commoncrawl", f"{_STATMT}/wmt13/training-parallel-commoncrawl.tgz", 918_311_367,
+              "c7a74e2ea01ac6c920123108627e35278d4ccb5701e15428ffa34de86fa3a9e5",
+              {"de": "commoncrawl.de-en.de", "en": "commoncrawl.de-en.en"}, 2_399_123),
+    Component("news_commentary_v9", f"{_STATMT}/wmt14/training-parallel-nc-v9.tgz", 80_418_416,
+              "cb8953f292298e6877ae433c98912b927cb0766b303f4540512ddd286c748485",
+              {"de": "training/news-commentary-v9.de-en.de", "en": "training/news-commentary-v9.de-en.en"}, 201_288),
+)
+
+
+def _corpus(name: str, description: str, train_split: str | None, components: tuple[Component, ...] = (),
+            **kwargs) -> Corpus:
+    splits = tuple(dict.fromkeys([*(s for (c, s, _) in _SUMS if c == name), *([train_split] if components else [])]))
     files = {(s, lang): SplitFile(name, s, lang, *_SUMS[(name, s, lang)], _source(name, s, lang))
              for (c, s, lang) in _SUMS if c == name}
-    return Corpus(name, description, splits, train_split, files=files, **kwargs)
+    return Corpus(name, description, splits, train_split, files=files, components={c.name: c for c in components},
+                  **kwargs)
 
 
 CORPORA: dict[str, Corpus] = {
     "multi30k": _corpus("multi30k", "Multi30k task 1 image descriptions (Elliott et al. 2016)", "train",
                         terms="non-commercial research and education (Flickr terms of use)"),
-    "wmt14": _corpus("wmt14", "WMT14 news test sets: newstest2013 (dev), newstest2014 full (test)", None,
+    "wmt14": _corpus("wmt14", "WMT14 en-de: train (Europarl v7, CommonCrawl, News Commentary v9; 4.5M pairs), "
+                     "newstest2013 (dev), newstest2014 full (test)", "train", WMT14_TRAIN,
                      terms="free for research; cite Bojar et al. 2014"),
     "iwslt14": _corpus("iwslt14", "IWSLT'14 TED test set (fairseq split), tokenized and lowercased", None,
                        text_form="tokenized, lowercased", terms="CC BY-NC-ND 3.0 (TED)"),
