@@ -4,8 +4,10 @@
 #                                            GPU 0 for MINUTES: a slice; the next call carries study.tgz
 #                                            back in (.gpustudy/) and goes on where this one stopped
 #   bash bench/gpu_table3.sh bench           trials per hour for K = 1, 2, 4, 8 workers on GPU 0
-# Carried: the Multi30k mirror in .gpudata, the wheels optuna and wandb need in .whl (the device
-# README says how), and for a later slice .gpustudy/study.tgz. K is $WORKERS (default 8).
+# Carried: the Multi30k mirror in .gpudata (here: mkdir -p .gpudata && cp -r ../shared/data/multi30k
+# .gpudata/), the wheels optuna and wandb need in .whl (here: bash bench/gpu_wheels.sh, 29 MB), and
+# for a later slice .gpustudy/study.tgz. K is $WORKERS (default 8). Each call:
+#   run(command="bash bench/gpu_table3.sh study 8", carry=[".whl", ".gpudata", ".gpustudy"], timeout_s=590)
 # Under $OUT: card.txt, the log, and study.tgz (the study's SQLite file and each run's config.yaml,
 # result.json, metrics.jsonl, attention.csv, train_stats.json; no checkpoints, too large to carry:
 # a trial cut off by the slice's end starts again in the next slice).
