@@ -13,21 +13,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from attnlab.sweep.dashboard import dashboard_app
+from attnlab.sweep.dashboard import dashboard_server
 from attnlab.sweep.spec import load_study
 from attnlab.sweep.storage import storage_url
 
 IMAGES = Path(__file__).resolve().parent / "images"
-
-
-class Quiet(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 def browser(width: int, height: int) -> webdriver.Chrome:
@@ -46,7 +40,7 @@ def main(study_file: str, report_page: str) -> None:
         driver.get(Path(report_page).resolve().as_uri())
         driver.save_screenshot(str(IMAGES / "report.png"))
         study = load_study(study_file)
-        server = make_server("127.0.0.1", 0, dashboard_app(storage_url(study)), handler_class=Quiet)
+        server = dashboard_server(storage_url(study), port=0)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         driver.get(f"http://127.0.0.1:{server.server_port}/dashboard/")
         time.sleep(2)

@@ -102,3 +102,17 @@ def test_sweep_dashboard_serves_the_study_to_a_browser(small_study, tmp_path, br
         server.send_signal(signal.SIGINT)
         output = server.communicate(timeout=30)[0]
     assert f"http://127.0.0.1:{port}/dashboard/" in output and server.returncode == 0
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(small_study, capsys):
+    from attnlab.cli import main
+
+    _, _, path = small_study
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["sweep", "dashboard", str(path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--port {port}: cannot serve there" in err[0]
+

@@ -71,15 +71,27 @@ def dashboard_app(url: str) -> Callable:
     return read_only(without_parameters(optuna_dashboard.wsgi(storage), storage))
 
 
-def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Callable = print) -> None:
-    """Serve until Ctrl-C."""
+def dashboard_server(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    """A WSGI server of the read-only dashboard, quiet per request; port 0 picks a free one."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from attnlab.errors import ConfigError
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args: Any) -> None:  # no line per request
             pass
 
-    with make_server(host, port, dashboard_app(url), handler_class=Quiet) as server:
+    app = dashboard_app(url)
+    try:
+        return make_server(host, port, app, handler_class=Quiet)
+    except OSError as error:  # the port taken, an unknown host: the user's flags, not a bug
+        raise ConfigError(f"--host {host} --port {port}: cannot serve there ({error.strerror or error}); "
+                          "choose another --port (or --host)") from None
+
+
+def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Callable = print) -> None:
+    """Serve until Ctrl-C."""
+    with dashboard_server(url, host, port) as server:
         announce(f"optuna-dashboard (read-only) on http://{host}:{server.server_port}/dashboard/ ; Ctrl-C stops it")
         try:
             server.serve_forever()
