@@ -25,7 +25,7 @@ import torch
 from attnlab.allocator import active, reexec_with_allocator
 from attnlab.config import ExperimentConfig
 from attnlab.data.corpora import load_split
-from attnlab.data.datamodule import EncodedSplit
+from attnlab.data.encoded import EncodedSplit
 from attnlab.train.checkpoints import average_checkpoints, load_checkpoint, step_checkpoints
 from attnlab.train.evaluation import score, translate
 from attnlab.train.run import train

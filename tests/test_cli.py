@@ -37,6 +37,21 @@ def test_data_prepares_and_summarises(mirror, cache, capsys):
     assert summary["vocab_size"] == 2000 and train["tgt_tokens"] > train["sentences"]
 
 
+def test_data_prepares_a_study_files_data(mirror, cache, tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text("study: s\nbase:\n  data: {max_train_sentences: 300, vocab_size: 500, test_splits: []}\n"
+                     "  train: {max_steps: 1}\nrows: [{id: a}]\n")
+    assert main(["data", str(study), "--set", f"mirror={mirror}", "--set", f"cache_dir={cache}", "--json"]) == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["vocab_size"] == 500 and summary["splits"][0]["sentences"] == 300
+    assert summary["train_prepared"].startswith(str(cache)) and len(summary["splits"]) == 2
+    study.write_text(study.read_text().replace("vocab_size", "vocab_sise"))
+    assert main(["data", str(study)]) == 2
+    assert "unknown key 'data.vocab_sise'" in capsys.readouterr().err
+
+
 def test_data_errors_are_one_clear_line(tmp_path, capsys):
     config = tmp_path / "study.yaml"
     config.write_text("data:\n  corpus: multi30k\n  vocab_sise: 8000\n")

@@ -14,7 +14,7 @@ import torch
 from attnlab.cli import main
 from attnlab.config import ExperimentConfig
 from attnlab.data.corpora import Parallel
-from attnlab.data.datamodule import EncodedSplit
+from attnlab.data.encoded import EncodedSplit
 from attnlab.data.tokenizer import train_vocabulary
 from attnlab.errors import CheckpointError, DataError
 from attnlab.train.checkpoints import FORMAT_VERSION, average_checkpoints, latest_checkpoint, load_checkpoint

@@ -112,18 +112,18 @@ def test_length_buckets_repeat_shapes_and_leave_the_loss_unchanged():
     from conftest import tiny_config
 
     class Split:  # the part of EncodedSplit that collate reads
-        from attnlab.data.datamodule import EncodedSplit
+        from attnlab.data.encoded import EncodedSplit
 
         collate = EncodedSplit.collate
 
         def __init__(self, n):
             g = torch.Generator().manual_seed(0)
             lengths = torch.randint(2, 40, (n,), generator=g).tolist()
-            self.src = [[5 + (i + j) % 40 for j in range(k)] + [3] for i, k in enumerate(lengths)]
+            self.src = [[5 + (i + j) % 40 for j in range(k)] for i, k in enumerate(lengths)]
             self.tgt = [[5 + (i * j) % 40 for j in range(max(1, k - 3))] for i, k in enumerate(lengths)]
 
     split = Split(300)
-    src_lengths, tgt_lengths = [len(s) for s in split.src], [len(t) + 1 for t in split.tgt]
+    src_lengths, tgt_lengths = [len(s) + 1 for s in split.src], [len(t) + 1 for t in split.tgt]
     buckets = Buckets(max(src_lengths + tgt_lengths), 4, 256)
     assert len(buckets.boundaries) == 4 and buckets.boundaries[-1] == max(src_lengths + tgt_lengths)
     batches = list(TokenBatchSampler(src_lengths, tgt_lengths, 256, seed=1, buckets=buckets))

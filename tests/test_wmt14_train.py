@@ -118,3 +118,18 @@ def test_components_are_checked_when_the_config_is_built(tmp_path):
     with pytest.raises(ConfigError, match="is not made of components"):
         DataConfig(corpus="multi30k", train_components=("commoncrawl",))
     assert [c.lines for c in registry.WMT14_TRAIN] == [1_920_209, 2_399_123, 201_288]  # 4,520,620 pairs
+
+
+def test_preparation_streams_the_components_into_the_cache_and_a_warm_start_reads_nothing(upstream, tmp_path,
+                                                                                          monkeypatch):
+    from attnlab.data import encoded
+    from attnlab.data.corpora import Sources
+
+    vocab, train = encoded.prepare_train(config(tmp_path, vocab_size=300))
+    assert len(train) == 10 and dict(train.dropped) == {"empty": 1, "length_ratio": 1}
+    assert train.src_text[6] == "a cat" and train.line_number(6) == 7 and train.line_number(7) == 10
+    requests = len(upstream["requests"])
+    monkeypatch.setattr(Sources, "pairs", lambda self: pytest.fail("read the corpus again"))
+    again, warm = encoded.prepare_train(config(tmp_path, vocab_size=300))
+    assert again.path == vocab.path and list(warm.tgt.ids) == list(train.tgt.ids)
+    assert len(upstream["requests"]) == requests

@@ -24,9 +24,13 @@ def _check_file(path: str | None, values: dict[str, Any]) -> None:
 
 
 def section_config(path: str | None, overrides: Sequence[str], section: str) -> Any:
-    """One section (`model`, `data`) of a YAML config file plus --set overrides, checked with the
-    same dotted names as a whole config (`data.vocab_size`); bare names are allowed in --set."""
-    values: dict[str, Any] = {section: read_yaml(path, CONFIG_SHAPE).get(section) or {}} if path else {section: {}}
+    """One section (`model`, `data`) of a YAML config file, or of a study file's `base:`, plus --set
+    overrides, checked with the same dotted names as a whole config (`data.vocab_size`); bare
+    names are allowed in --set."""
+    document = read_yaml(path, CONFIG_SHAPE) if path else {}
+    if "study" in document and isinstance(document.get("base"), dict):  # `attnlab data ablations/x.yaml`
+        document = document["base"]
+    values: dict[str, Any] = {section: document.get(section) or {}}
     _check_file(path, values)
     changes = parse_overrides(overrides, ExperimentConfig, section=section)
     for key, value in changes.items():
@@ -76,6 +80,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     print(f"{config.corpus} {config.src_lang}->{config.tgt_lang}: vocabulary {summary['vocab_size']} "
           f"({config.vocab_type}) at {summary['vocab_model']}, prepared in {summary['seconds']} s")
+    print(f"training split, cleaned and encoded: {summary['train_prepared']}")
     print(f"{'role':8} {'split':22} {'kept':>7} {'dropped':24} {'src tok':>9} {'tgt tok':>9} {'tok/sent':>9}")
     for s in summary["splits"]:
         dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "-"
@@ -115,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from attnlab.data.corpora import load_split
-    from attnlab.data.datamodule import EncodedSplit
+    from attnlab.data.encoded import EncodedSplit
     from attnlab.train.checkpoints import load_checkpoint
     from attnlab.train.evaluation import score, translate
 
@@ -135,7 +140,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     from attnlab.data.corpora import Parallel, normalise_space
-    from attnlab.data.datamodule import EncodedSplit
+    from attnlab.data.encoded import EncodedSplit
     from attnlab.train.checkpoints import load_checkpoint
     from attnlab.train.evaluation import translate
 
@@ -239,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = verbs.add_parser("data", help="prepare a corpus: fetch, check, train the vocabulary, summarise",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data.add_argument("config", nargs="?", help="YAML file with a 'data:' section (DataConfig fields)")
+    data.add_argument("config", nargs="?", help="YAML file with a 'data:' section (DataConfig fields), or a study "
+                      "file (its base's data)")
     data.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a data field: --set data.vocab_size=8000 (or vocab_size=8000; repeatable)")
     data.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -193,6 +193,9 @@ class DataConfig:
     """For corpus="custom": split -> "source_file,target_file" or "pairs.tsv" (source<TAB>target)."""
     vocab_size: int = 8000
     vocab_type: VocabType = "bpe"
+    vocab_sample: int = 2_000_000
+    """Sentences (of both languages) drawn at random, by seed, to train the vocabulary on: all
+    of a small corpus; a bounded sample of a large one (WMT14 has 9M)."""
     max_tokens: int = 4096
     """Token budget per batch, padding included, on the source and on the target side."""
     length_buckets: int | None = None
@@ -220,7 +223,7 @@ class DataConfig:
         check_types(self)
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"DataConfig: src_lang and tgt_lang are both {self.src_lang!r}")
-        for name in ("vocab_size", "max_tokens", "max_words"):
+        for name in ("vocab_size", "vocab_sample", "max_tokens", "max_words"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DataConfig.{name}={getattr(self, name)} must be a positive integer")
         if self.max_length_ratio < 1:
@@ -243,7 +246,7 @@ class DataConfig:
 
         corpus, _, name = split.rpartition("/")
         corpus = corpus or self.corpus
-        if corpus == "custom":  # the user's own files: read_split names a missing one before any compute
+        if corpus == "custom":  # the user's own files: reading them names a missing one before any compute
             return
         if corpus not in CORPORA:
             close = difflib.get_close_matches(corpus, list(CORPORA), n=1)

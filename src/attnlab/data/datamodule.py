@@ -13,59 +13,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from attnlab.config import DataConfig
 from attnlab.data.batching import Buckets, TokenBatchSampler
-from attnlab.data.corpora import Parallel, load_split
-from attnlab.data.fetch import CACHE_ENV, MIRROR_ENV, cache_dir
-from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary, train_vocabulary
-from attnlab.errors import CheckpointError, DataError
-
-
-class EncodedSplit(Dataset):
-    """Token ids of one split. Source: text + eos; target in: bos + text; target out: text + eos."""
-
-    def __init__(self, parallel: Parallel, vocab: Vocabulary) -> None:
-        self.name, self.src_text, self.tgt_text = parallel.name, parallel.src, parallel.tgt
-        self.files, self.lines = parallel.files, parallel.lines  # for messages naming a file's line
-        self.src = [ids + [EOS_ID] for ids in vocab.encode(parallel.src)]
-        self.tgt = vocab.encode(parallel.tgt)
-        self.dropped = parallel.dropped
-        self.src_lengths = [len(s) for s in self.src]
-        self.tgt_lengths = [len(t) + 1 for t in self.tgt]  # bos + text, or text + eos
-
-    def __len__(self) -> int:
-        return len(self.src)
-
-    def line_number(self, i: int) -> int:
-        """The line of the file (or of stdin) sentence `i` came from."""
-        return self.lines[i] if self.lines is not None else i + 1
-
-    def __getitem__(self, i: int) -> int:
-        return i  # collate() looks the ids up: one list of indices per batch, no per-item tensors
-
-    def collate(self, indices: list[int], buckets: Buckets | None = None) -> dict[str, Any]:
-        """Right-padded tensors: src (B, S), tgt_in and tgt_out (B, T); `index` maps rows to lines.
-        With buckets, both sides are padded to the bucket's length and the batch to its rows
-        with empty pairs (source eos, target bos, no target token: no loss, index -1)."""
-        src, tgt = [self.src[i] for i in indices], [self.tgt[i] for i in indices]
-        tgt_in, tgt_out = [[BOS_ID] + t for t in tgt], [t + [EOS_ID] for t in tgt]
-        length, rows = None, len(indices)
-        if buckets is not None:
-            length = buckets.length(max(max(map(len, src)), max(map(len, tgt_in))))
-            rows = max(rows, buckets.rows(length))
-
-        def pad(sequences: list[list[int]], filler: list[int]) -> torch.Tensor:
-            out = torch.full((rows, length or max(map(len, sequences))), PAD_ID, dtype=torch.long)
-            for r, ids in enumerate(sequences + [filler] * (rows - len(sequences))):
-                out[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            return out
-
-        index = torch.full((rows,), -1, dtype=torch.long)
-        index[: len(indices)] = torch.tensor(indices, dtype=torch.long)
-        return {"src": pad(src, [EOS_ID]), "tgt_in": pad(tgt_in, [BOS_ID]), "tgt_out": pad(tgt_out, []),
-                "index": index}
+from attnlab.data.corpora import load_split
+from attnlab.data.encoded import EncodedSplit, prepare_train
+from attnlab.data.fetch import CACHE_ENV, MIRROR_ENV
+from attnlab.data.tokenizer import Vocabulary
+from attnlab.errors import CheckpointError
 
 
 @dataclass
@@ -80,17 +36,18 @@ class Prepared:
     def summary(self) -> dict[str, Any]:
         """Sentences kept and dropped per reason, tokens per split, tokens per sentence."""
         splits = [("train", self.train), ("valid", self.valid)] + [("test", t) for t in self.tests.values()]
-        out: dict[str, Any] = {"vocab_size": len(self.vocab), "vocab_model": str(self.vocab.path), "splits": []}
+        out: dict[str, Any] = {"vocab_size": len(self.vocab), "vocab_model": str(self.vocab.path),
+                               "train_prepared": str(self.train.src.folder or ""), "splits": []}
         for role, split in splits:
             n = max(len(split), 1)
-            src_tokens, tgt_tokens = sum(split.src_lengths), sum(split.tgt_lengths)
+            src_tokens, tgt_tokens = int(split.src_lengths.sum()), int(split.tgt_lengths.sum())
             out["splits"].append({
                 "role": role, "split": split.name, "sentences": len(split), "dropped": dict(split.dropped),
                 "src_tokens": src_tokens, "tgt_tokens": tgt_tokens,
                 "src_tokens_per_sentence": round(src_tokens / n, 2),
                 "tgt_tokens_per_sentence": round(tgt_tokens / n, 2),
-                "max_src_tokens": max(split.src_lengths, default=0),
-                "max_tgt_tokens": max(split.tgt_lengths, default=0),
+                "max_src_tokens": int(split.src_lengths.max(initial=0)),
+                "max_tgt_tokens": int(split.tgt_lengths.max(initial=0)),
             })
         return out
 
@@ -135,19 +92,10 @@ def prepare(config: DataConfig) -> Prepared:
 
 
 def _prepare(config: DataConfig) -> Prepared:
-    train = load_split(config, config.train_split, train=True)  # a DataError if nothing is left
+    vocab, train = prepare_train(config)  # a DataError if cleaning leaves nothing
     valid = load_split(config, config.valid_split)
     tests = {name: load_split(config, name) for name in config.test_splits}
-    if len(train) == 0:  # cleaning kept some, yet data.max_train_sentences took none
-        raise DataError(f"{config.corpus} {config.train_split}: data.max_train_sentences={config.max_train_sentences} "
-                        f"leaves no training pairs of {train.where}; set it to at least 1")
-    try:
-        vocab = train_vocabulary(train.src + train.tgt, cache_dir(config.cache_dir), config.vocab_size,
-                                 config.vocab_type, config.seed)
-    except DataError as error:  # sentencepiece's complaint, e.g. too little text for vocab_size
-        pairs = f"{len(train)} pair{'s' if len(train) > 1 else ''} after cleaning"
-        raise DataError(f"{config.corpus} {config.train_split} ({train.where}, {pairs}): {error}") from None
-    return Prepared(vocab, EncodedSplit(train, vocab), EncodedSplit(valid, vocab),
+    return Prepared(vocab, train, EncodedSplit(valid, vocab),
                     {name: EncodedSplit(split, vocab) for name, split in tests.items()})
 
 
@@ -186,7 +134,7 @@ class TranslationDataModule(pl.LightningDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if (distributed and trainer) else (1, 0)
         buckets = None
         if self.config.length_buckets and len(split):
-            longest = max(max(split.src_lengths), max(split.tgt_lengths))
+            longest = int(max(split.src_lengths.max(), split.tgt_lengths.max()))
             buckets = Buckets(longest, self.config.length_buckets, self.config.max_tokens)
         sampler = TokenBatchSampler(split.src_lengths, split.tgt_lengths, self.config.max_tokens, shuffle=shuffle,
                                     seed=self.config.seed, num_replicas=replicas, rank=rank, accumulate=accumulate,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from attnlab.config import DecodeConfig
 from attnlab.data.batching import TokenBatchSampler
-from attnlab.data.datamodule import EncodedSplit
+from attnlab.data.encoded import EncodedSplit
 from attnlab.data.tokenizer import Vocabulary
 from attnlab.errors import DataError
 from attnlab.model import Transformer, beam_search, greedy_search
@@ -62,8 +63,9 @@ def check_lengths(model: Transformer, split: EncodedSplit, where: str | None = N
     limit = position_limit(model)
     if limit is None:
         return
-    rows = range(len(split)) if indices is None else indices
-    too_long = [i for i in rows if _length(split, i, targets) > limit]
+    lengths = np.maximum(split.src_lengths, split.tgt_lengths) if targets else np.asarray(split.src_lengths)
+    rows = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
+    too_long = rows[lengths[rows] > limit].tolist()  # vectorised: a training split has millions
     if too_long:
         first = too_long[0]
         where = where or ",".join(split.files[: 2 if targets else 1]) or split.name
