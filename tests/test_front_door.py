@@ -127,6 +127,17 @@ def test_counts_are_checked_before_anything_is_written(option, tmp_path, monkeyp
     assert snapshot(tmp_path) == before  # no study folder, no database
 
 
+def test_a_study_whose_data_cannot_be_had_stops_before_any_trial(tmp_path, monkeypatch, capsys):
+    """`sweep run` prepares every row's data first: a missing mirror file is one line naming it,
+    and no study folder or database is written."""
+    monkeypatch.chdir(tmp_path)
+    study = _with(STUDY, "base.data", {"mirror": str(tmp_path / "no-mirror"), "cache_dir": str(tmp_path.parent / "c")})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    before = snapshot(tmp_path)
+    fails_cleanly(capsys, ["sweep", "run", "s.yaml"], f"missing file {tmp_path / 'no-mirror'}/multi30k/train.en.gz")
+    assert snapshot(tmp_path) == before
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only user errors are turned into one line; anything else is a bug and says where."""
     import attnlab.cli

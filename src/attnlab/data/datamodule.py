@@ -73,9 +73,13 @@ def reuse_prepared() -> Iterator[None]:
         _last = None
 
 
-def _settings(config: DataConfig) -> str:
+BATCHING = ("max_tokens", "length_buckets")
+"""DataConfig fields that shape batches only: the prepared data does not depend on them."""
+
+
+def settings_key(config: DataConfig) -> str:
     """What `prepare` reads: the data settings but the batching ones, and where files come from."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("max_tokens", "length_buckets")}
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in BATCHING}
     where = {k: os.environ.get(k) for k in (CACHE_ENV, MIRROR_ENV)}
     return json.dumps([fields, where], sort_keys=True, default=str)
 
@@ -85,7 +89,7 @@ def prepare(config: DataConfig) -> Prepared:
     error surfaces here, before any training."""
     if _last is None:
         return _prepare(config)
-    key = _settings(config)
+    key = settings_key(config)
     if not _last or _last[0][0] != key:
         _last[:] = [(key, _prepare(config))]
     return _last[0][1]

@@ -47,6 +47,27 @@ def check_hardware(study) -> None:
             check(t)
 
 
+def prepare_data(study) -> None:
+    """Each distinct data setting of the study's rows prepared here, once, before any worker
+    starts: a data error (a missing mirror, a bad file) is one line with nothing written, and
+    the workers find the cache warm instead of each waiting on one preparation. A tuning study
+    that samples data fields prepares them in its trials."""
+    import time
+
+    from attnlab.data.datamodule import BATCHING, prepare, settings_key
+    from attnlab.fields import flatten
+
+    sampled = {key.split(".")[1] for key in flatten(study.space) if key.startswith("data.")}
+    if sampled - set(BATCHING):
+        return
+    start = time.perf_counter()
+    settings = {settings_key(row.config.data): row.config.data for row in study.rows} or {"": study.base.data}
+    for data in settings.values():
+        prepare(data)
+    print(f"data ready: {len(settings)} setting{'s' if len(settings) > 1 else ''} in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+
+
 def _checked_study(args: argparse.Namespace):
     """The study and its URL for verbs that run trials: the file, the output folder and the
     hardware checked, nothing opened or written yet. Starts the clock of --max-minutes."""
@@ -89,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     study, url = _checked_study(args)
     # Where the workers go, checked before the storage is opened: a bad --devices writes nothing.
     placement = worker_devices(study, args.devices, args.workers, args.workers_per_device)
+    prepare_data(study)  # the last check, the only slow one
     ostudy, rerun = _open_for_work(study, url, rerun_changed=args.rerun_changed)
     if rerun:
         print(f"rows {', '.join(rerun)} changed: their old trials are superseded and they run again", flush=True)
@@ -182,6 +204,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from attnlab.sweep.worker import tune, work
 
     study, url = _checked_study(args)
+    prepare_data(study)
     _open_for_work(study, url)
     (tune if study.tuning else work)(study, url, args.name or worker_name(), threads=args.threads)
     return 0
