@@ -50,6 +50,9 @@ def test_data_prepares_a_study_files_data(mirror, cache, tmp_path, capsys):
     study.write_text(study.read_text().replace("vocab_size", "vocab_sise"))
     assert main(["data", str(study)]) == 2
     assert "unknown key 'data.vocab_sise'" in capsys.readouterr().err
+    study.write_text("study: s\nbase: 5\nrows: [{id: a}]\n")
+    assert main(["data", str(study)]) == 2
+    assert f"{study}: base: expected a mapping" in capsys.readouterr().err
 
 
 def test_data_errors_are_one_clear_line(tmp_path, capsys):

@@ -28,8 +28,10 @@ def section_config(path: str | None, overrides: Sequence[str], section: str) -> 
     overrides, checked with the same dotted names as a whole config (`data.vocab_size`); bare
     names are allowed in --set."""
     document = read_yaml(path, CONFIG_SHAPE) if path else {}
-    if "study" in document and isinstance(document.get("base"), dict):  # `attnlab data ablations/x.yaml`
-        document = document["base"]
+    if "study" in document:  # `attnlab data ablations/x.yaml`: the study's base
+        document = document.get("base") or {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"{path}: base: expected a mapping of config sections, got {document!r:.60}")
     values: dict[str, Any] = {section: document.get(section) or {}}
     _check_file(path, values)
     changes = parse_overrides(overrides, ExperimentConfig, section=section)

@@ -203,7 +203,7 @@ def load_split(config: DataConfig, split: str, train: bool = False) -> Parallel:
     """One split in the configured direction, in memory. Training splits are cleaned; evaluation
     splits are kept whole (a test set is scored on every line), whitespace normalised. A split
     left with nothing to train on or to score is a DataError naming its file(s). (`prepare`
-    streams a training split into the cache instead: encoded.build_train.)"""
+    streams a training split into the cache instead: encoded.prepare_train.)"""
     sources = split_sources(config, split)
     if train:
         kept, seen = clean(sources.pairs(), config, split)

@@ -31,7 +31,7 @@ from attnlab.config import DataConfig
 from attnlab.data.batching import Buckets
 from attnlab.data.corpora import Cleaning, Parallel, Sources, check_trainable, clean_pairs, split_sources
 from attnlab.data.fetch import cache_dir, locked
-from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary, cores, train_vocabulary
+from attnlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary, train_vocabulary
 from attnlab.errors import DataError
 
 CHUNK = 100_000  # sentences encoded at a time: a few MB of Python lists, then int32 arrays
@@ -51,7 +51,7 @@ class TokenIds:
     @classmethod
     def encode(cls, vocab: Vocabulary, texts: Iterable[str]) -> TokenIds:
         chunks = list(_encoded_chunks(vocab, texts))
-        ids = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, np.int32)
+        ids = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, IDS)
         return cls(ids, _offsets([n for _, n in chunks]))
 
     @classmethod
@@ -100,8 +100,7 @@ class TextLines(Sequence[str]):
         return self._bytes[self.starts[i] : self.starts[i + 1] - 1].tobytes().decode("utf-8")
 
     def __iter__(self) -> Iterator[str]:
-        with open(self.path, encoding="utf-8", newline="\n") as f:
-            yield from (line.rstrip("\n") for line in f)
+        return _lines(self.path)
 
     def __add__(self, other: Iterable[str]) -> list[str]:  # like the lists of an evaluation split
         return [*self, *other]
@@ -120,11 +119,17 @@ class TextLines(Sequence[str]):
         np.save(path.with_suffix(".starts.npy"), np.concatenate(starts))
 
 
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a text file written by `_clean_into`, streamed."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        yield from (line.rstrip("\n") for line in f)
+
+
 def _encoded_chunks(vocab: Vocabulary, texts: Iterable[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, lengths) of CHUNK sentences at a time, encoded on all cores."""
     texts = iter(texts)
     while chunk := list(itertools.islice(texts, CHUNK)):
-        encoded = vocab.sp.encode(chunk, out_type=int, num_threads=cores())
+        encoded = vocab.encode(chunk)
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         yield np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum())), lengths
 
@@ -230,15 +235,13 @@ def _ready(folder: Path) -> bool:
 
 
 class _Lines:
-    """The lines of a text file, re-iterable: the vocabulary reads them twice (key, training)."""
+    """The lines of text files, re-iterable: the vocabulary reads them twice (key, training)."""
 
     def __init__(self, *paths: Path) -> None:
         self.paths = paths
 
     def __iter__(self) -> Iterator[str]:
-        for path in self.paths:
-            with open(path, encoding="utf-8", newline="\n") as f:
-                yield from (line.rstrip("\n") for line in f)
+        return itertools.chain.from_iterable(map(_lines, self.paths))
 
 
 def _build(config: DataConfig, sources: Sources, folder: Path) -> None:
@@ -292,7 +295,7 @@ def _write_ids(vocab: Vocabulary, text: Path, work: Path, side: str) -> None:
     """Encode a text file chunk by chunk into `<side>.ids` and `<side>.offsets.npy`."""
     lengths = []
     with open(work / f"{side}.ids", "wb") as out:
-        for ids, n in _encoded_chunks(vocab, _Lines(text)):
+        for ids, n in _encoded_chunks(vocab, _lines(text)):
             ids.astype(IDS, copy=False).tofile(out)
             lengths.append(n)
     np.save(work / f"{side}.offsets.npy", _offsets(lengths))
